@@ -1,0 +1,121 @@
+"""What a running callable gets: its input, progress reporting and cancellation.
+
+Cancellation is cooperative. Nothing kills a thread from outside; the manager
+sets the context's cancel event, and the callable notices it at its next
+:meth:`TaskContext.check_cancelled`, :meth:`TaskContext.sleep` or look at
+:attr:`TaskContext.cancelled`. A cancel requested in this process sets the
+event at once; one requested from another process sharing the store is seen
+by the manager's poll, within ``poll_interval`` seconds (0.5 s by default).
+
+Progress is kept in memory on every assignment and written by the manager's
+poll (so at most once per ``poll_interval`` per task, however often the
+callable sets it); the last value is always written with the task's final
+status.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .errors import InvalidArgument, TaskCancelled
+
+__all__ = ["TaskContext"]
+
+
+class TaskContext:
+    """Handed to a task's callable as its only argument.
+
+    :ivar task_id: the task's id
+    :ivar task_type: its registered type
+    :ivar name: its name
+    :ivar graph: the graph it belongs to
+    :ivar graphspace: the graphspace it belongs to
+    :ivar retries: how many times it was re-run before this run
+    :ivar input: the decoded input it was submitted with
+    """
+
+    __slots__ = (
+        "task_id",
+        "task_type",
+        "name",
+        "graph",
+        "graphspace",
+        "retries",
+        "input",
+        "_progress",
+        "_saved_progress",
+        "_cancel",
+    )
+
+    def __init__(
+        self,
+        task_id: int,
+        task_type: str,
+        name: str,
+        input: Any,
+        *,
+        graph: str = "hugegraph",
+        graphspace: str = "DEFAULT",
+        retries: int = 0,
+        progress: int = 0,
+    ) -> None:
+        self.task_id = task_id
+        self.task_type = task_type
+        self.name = name
+        self.input = input
+        self.graph = graph
+        self.graphspace = graphspace
+        self.retries = retries
+        self._progress = progress
+        self._saved_progress = progress
+        self._cancel = threading.Event()
+
+    # ------------------------------------------------------------ progress
+    @property
+    def progress(self) -> int:
+        """The task's progress: any integer the callable chooses (not bounded to 0..100)."""
+        return self._progress
+
+    @progress.setter
+    def progress(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"progress must be an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:
+            raise InvalidArgument(f"progress must fit in 64 bits, got {value}")
+        self._progress = value
+
+    def _unsaved_progress(self) -> int | None:
+        """The progress to write, or None when the stored value is current."""
+        value = self._progress
+        return None if value == self._saved_progress else value
+
+    def _mark_saved(self, value: int) -> None:
+        self._saved_progress = value
+
+    # -------------------------------------------------------- cancellation
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation of this task was requested."""
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~taskmgr.errors.TaskCancelled` if cancellation was requested."""
+        if self._cancel.is_set():
+            raise TaskCancelled(f"task {self.task_id} was cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds``, waking at once if the task is cancelled.
+
+        :raises TaskCancelled: when cancellation is requested before or during the sleep.
+        """
+        if seconds < 0:
+            raise InvalidArgument(f"sleep needs a non-negative number of seconds, got {seconds!r}")
+        if self._cancel.wait(seconds):
+            raise TaskCancelled(f"task {self.task_id} was cancelled")
+
+    def _request_cancel(self) -> None:
+        self._cancel.set()
+
+    def __repr__(self) -> str:
+        return f"<TaskContext task_id={self.task_id} type={self.task_type!r} progress={self._progress}>"

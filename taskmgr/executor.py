@@ -1,0 +1,155 @@
+"""Where callables run: an APScheduler 3 thread pool, or inline for tests.
+
+The manager needs four things of an executor: run this now on a worker
+(:meth:`submit`), run this at a given time (:meth:`call_at`), run this every
+few seconds (:meth:`every`), and stop (:meth:`shutdown`).
+
+:class:`PoolExecutor` does them with an APScheduler ``BackgroundScheduler``
+and two ``ThreadPoolExecutor``\\ s: one of ``workers`` threads for task
+callables, and one small pool of its own for the manager's housekeeping (the
+poll that notices cross-process cancels, flushes progress and wakes delayed
+tasks), so housekeeping never waits behind long tasks.
+
+APScheduler's traps, and how they are avoided here:
+
+* A job that waited longer than ``misfire_grace_time`` for a free thread is
+  silently skipped. Every job is added with ``misfire_grace_time=None`` (no
+  limit), so an accepted task always runs, however long the queue.
+* A job already handed to the thread pool cannot be removed. The manager never
+  tries: a task cancelled or deleted while queued is skipped by its own job,
+  whose first act is the compare-and-set QUEUED -> RUNNING, which then fails.
+* ``max_instances`` (default 1) would skip a second run of the same job. Each
+  submission is its own job, so it never applies.
+
+:class:`InlineExecutor` runs everything on the calling thread: ``submit`` runs
+the callable before it returns, timed calls wait until :meth:`run_due` is told
+the time has come. Deterministic, for hosts' tests.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .errors import InvalidArgument
+
+__all__ = ["Executor", "PoolExecutor", "InlineExecutor"]
+
+log = logging.getLogger(__name__)
+
+_UTC = _dt.timezone.utc
+
+
+class Executor(Protocol):
+    """What the manager needs from an executor."""
+
+    #: True when :meth:`submit` runs the callable before returning
+    synchronous: bool
+
+    def start(self) -> None:
+        """Start running submitted and timed calls."""
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on a worker as soon as one is free. Never drops it."""
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` (on the housekeeping side) at ``when``, seconds since the epoch."""
+
+    def every(self, seconds: float, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` (on the housekeeping side) every ``seconds``."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop; with ``wait``, return only when running calls have returned."""
+
+
+class PoolExecutor:
+    """An APScheduler ``BackgroundScheduler`` with a pool of ``workers`` threads for tasks."""
+
+    synchronous = False
+
+    def __init__(self, workers: int = 4) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
+        self.workers = workers
+        self._scheduler = BackgroundScheduler(
+            executors={
+                "tasks": ThreadPoolExecutor(workers, pool_kwargs={"thread_name_prefix": "taskmgr-worker"}),
+                "default": ThreadPoolExecutor(2, pool_kwargs={"thread_name_prefix": "taskmgr-housekeeping"}),
+            },
+            job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 1},
+            timezone=_UTC,
+            logger=logging.getLogger("taskmgr.scheduler"),
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._scheduler.add_job(fn, executor="tasks")
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
+        self._scheduler.add_job(fn, "date", run_date=run_date)
+
+    def every(self, seconds: float, fn: Callable[[], None]) -> None:
+        self._scheduler.add_job(fn, "interval", seconds=seconds, coalesce=True)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=wait)
+
+
+class InlineExecutor:
+    """Runs every call on the calling thread; timed calls run from :meth:`run_due`.
+
+    :param clock: the time source :meth:`run_due` compares against by default.
+    """
+
+    synchronous = True
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._timed: list[tuple[float, int, Callable[[], None]]] = []
+        self._periodic: list[Callable[[], None]] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._timed, (when, next(self._seq), fn))
+
+    def every(self, seconds: float, fn: Callable[[], None]) -> None:
+        self._periodic.append(fn)
+
+    def run_due(self, now: float | None = None) -> int:
+        """Run the periodic calls once, then every timed call due at ``now``; return how many timed calls ran."""
+        now = self.clock() if now is None else now
+        for fn in list(self._periodic):
+            fn()
+        ran = 0
+        while True:
+            with self._lock:
+                if not self._timed or self._timed[0][0] > now:
+                    return ran
+                _, _, fn = heapq.heappop(self._timed)
+            fn()
+            ran += 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.running = False

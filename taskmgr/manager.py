@@ -1,0 +1,1095 @@
+"""TaskManager: the public face of the library.
+
+Lifecycle
+=========
+
+A manager is created *idle*: it can submit, read, cancel, delete, suspend and
+resume tasks (an operator's CLI or a client process needs no more), but runs
+nothing. :meth:`TaskManager.start` makes it a *node*: it registers itself in
+the store, restores what a crashed node left behind, starts its executor and
+its housekeeping poll. :meth:`TaskManager.shutdown` stops it for good.
+
+Who runs a task
+===============
+
+A task submitted to a started manager is owned by it (``owner`` column) and
+handed to its executor at once: the row is inserted NEW and moved to QUEUED in
+the same transaction, and the executor accepts it right after that commit (an
+APScheduler job that can neither be refused nor dropped). A task submitted to
+an idle manager (or resumed by one) is left unowned, NEW or RESTORING, and the
+first started manager whose registry knows its type claims it at its next
+poll. Tasks owned by a node that is gone (its process no longer exists, or it
+stopped sending heartbeats for ``node_timeout`` seconds) are restored by the
+next node to start.
+
+Restore
+=======
+
+On start, tasks of dead nodes are taken over (contract section 2, "restart
+after a crash"): QUEUED, SCHEDULING and SCHEDULED go RESTORING -> QUEUED;
+RUNNING goes RESTORING -> QUEUED with ``task_retries`` + 1, unless it was
+already interrupted ``max_restores`` times, in which case it ends FAILED with a
+message saying so (a task that kills its process every time must not crash-
+loop forever); CANCELLING goes CANCELLED; NEW and RESTORING are queued; a
+PENDING task keeps waiting under its new owner. A task whose type is not
+registered, whose input no longer decodes, or whose stored status is not one of
+the twelve, goes UNKNOWN with an explanation in ``task_result``;
+:meth:`TaskManager.resume` (or the next start, once the type is registered)
+brings it back. Execution is therefore at-least-once: a callable interrupted
+by a crash runs again.
+
+Durability
+==========
+
+Every call that reports success has been committed (see :mod:`taskmgr.store`:
+one writer thread, group commit). The outcome of a callable is written after
+it returns; if the process dies before that commit, the task is restored and
+runs again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, overload
+
+from peewee import Database
+
+from .context import TaskContext
+from .errors import (
+    CannotCancel,
+    IncompleteTask,
+    InvalidArgument,
+    InvalidTransition,
+    LimitExceeded,
+    ManagerStateError,
+    StoreError,
+    TaskCancelled,
+    TaskNotFound,
+    UnknownTaskType,
+    WaitTimeout,
+)
+from .executor import Executor, InlineExecutor, PoolExecutor
+from .status import NOT_STARTED, TERMINAL, TaskStatus
+from .store import Store, Tx, now_ms
+from .task import Task, TaskPage, Transition
+
+__all__ = ["TaskManager", "TaskType", "DEFAULT_GRAPH", "DEFAULT_GRAPHSPACE"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[[TaskContext], Any])
+
+S = TaskStatus
+DEFAULT_GRAPHSPACE = "DEFAULT"
+DEFAULT_GRAPH = "hugegraph"
+MiB = 1024 * 1024
+_TYPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+_SUSPENDABLE = frozenset({S.NEW, S.SCHEDULING, S.SCHEDULED, S.QUEUED, S.RESTORING})
+#: statuses a crashed node may leave that restore acts on
+_RESTORABLE = (S.QUEUED, S.RUNNING, S.SCHEDULING, S.SCHEDULED, S.RESTORING, S.CANCELLING, S.NEW, S.PENDING)
+_PAGE_PREFIX = "taskmgr:"
+_MAX_BACKOFF = 3600.0
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    SHUT_DOWN = "shut down"
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """A registered task type: the callable that runs it and its defaults."""
+
+    name: str
+    fn: Callable[[TaskContext], Any]
+    callable: str
+    max_retries: int = 0
+    retry_delay: float = 1.0
+    http: bool = False
+
+
+@dataclass
+class _Outcome:
+    status: TaskStatus  # SUCCESS, FAILED or CANCELLED; PENDING for a retry
+    result: str | None
+    progress: int
+    run_at: int | None = None
+
+
+def _encode_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"task {what} is not JSON-serialisable: {exc}") from None
+
+
+def _check_id(task_id: object) -> int:
+    if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 1:
+        raise InvalidArgument(f"task id must be a positive integer, got {task_id!r}")
+    return task_id
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > 4096:
+        raise InvalidArgument(f"{what} is {len(value)} characters long; the limit is 4096")
+    return value
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def encode_page(after: int) -> str:
+    """The opaque token of the page that starts after task id ``after``."""
+    return base64.urlsafe_b64encode(f"{_PAGE_PREFIX}{after}".encode()).decode().rstrip("=")
+
+
+def decode_page(token: str) -> int:
+    """The task id a page token starts after (0 for ``""``, the first page).
+
+    :raises InvalidArgument: for anything :func:`encode_page` did not make.
+    """
+    if token == "":
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if raw.startswith(_PAGE_PREFIX):
+            after = int(raw[len(_PAGE_PREFIX) :])
+            if after >= 0:
+                return after
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidArgument(
+        f"invalid page token {token!r}: pass the 'page' value of the previous answer, or '' for the first page"
+    )
+
+
+class TaskManager:
+    """Runs registered callables as tasks and keeps their records.
+
+    :param database: a file path (SQLite, the embedded default) or a peewee
+        :class:`~peewee.Database` (SQLite or a shared PostgreSQL).
+    :param workers: threads that run task callables.
+    :param executor: ``"pool"`` (APScheduler thread pool, the default),
+        ``"inline"`` (runs each task on the submitting thread before
+        :meth:`submit` returns: deterministic, for tests), or an
+        :class:`~taskmgr.executor.Executor`.
+    :param synchronous: SQLite's durability for a path: ``"FULL"`` (default)
+        or ``"NORMAL"``.
+    :param busy_timeout: seconds to wait for another connection's write lock.
+    :param history: record every status change (see :meth:`history`).
+    :param max_input_size: largest ``task_input`` in bytes (16 MiB).
+    :param max_result_size: largest ``task_result`` in bytes (16 MiB).
+    :param poll_interval: seconds between housekeeping polls; bounds how long a
+        cancel from another process takes to reach a running callable.
+    :param max_restores: how many crash restores a running task gets before it
+        is declared FAILED.
+    :param node_timeout: seconds without a heartbeat after which another node's
+        tasks are taken over.
+    :param clock: time source, seconds since the epoch (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] | Database,
+        *,
+        workers: int = 4,
+        executor: Literal["pool", "inline"] | Executor = "pool",
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        history: bool = True,
+        max_input_size: int = 16 * MiB,
+        max_result_size: int = 16 * MiB,
+        poll_interval: float = 0.5,
+        max_restores: int = 3,
+        node_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for name, value in (("max_input_size", max_input_size), ("max_result_size", max_result_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive number of bytes, got {value!r}")
+        if not (isinstance(max_restores, int) and max_restores >= 0):
+            raise InvalidArgument(f"max_restores must be a non-negative integer, got {max_restores!r}")
+        for name, value in (("poll_interval", poll_interval), ("node_timeout", node_timeout)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
+        if executor == "pool":
+            self._executor: Executor = PoolExecutor(workers)
+        elif executor == "inline":
+            self._executor = InlineExecutor(clock)
+        elif isinstance(executor, str):
+            raise InvalidArgument(f"executor must be 'pool', 'inline' or an Executor, got {executor!r}")
+        else:
+            self._executor = executor
+        self._store = Store(
+            database,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            history=history,
+            writer_thread=not self._executor.synchronous,
+            clock=clock,
+        )
+        self._store.add_listener(self._on_commit)
+        self.clock = clock
+        self.max_input_size = max_input_size
+        self.max_result_size = max_result_size
+        self.poll_interval = float(poll_interval)
+        self.max_restores = max_restores
+        self.node_timeout = float(node_timeout)
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._types: dict[str, TaskType] = {}
+        self._state = _State.IDLE
+        self._state_lock = threading.Lock()
+        self._stopping = False
+        self._running: dict[int, TaskContext] = {}
+        self._unsaved: dict[int, _Outcome] = {}
+        self._done = threading.Condition()
+        self._generation = 0
+        self._last_heartbeat = 0.0
+
+    # ------------------------------------------------------------ registry
+    def task(
+        self, name: str, *, max_retries: int = 0, retry_delay: float = 1.0, http: bool = False
+    ) -> Callable[[F], F]:
+        """Decorator: register the function as the callable of task type ``name``.
+
+        :param max_retries: re-runs after the callable raises (default 0).
+        :param retry_delay: seconds before the first re-run; doubled each time.
+        :param http: may be submitted over the REST API.
+        """
+
+        def decorate(fn: F) -> F:
+            self.register(name, fn, max_retries=max_retries, retry_delay=retry_delay, http=http)
+            return fn
+
+        return decorate
+
+    def register(
+        self,
+        name: str,
+        fn: Callable[[TaskContext], Any],
+        *,
+        max_retries: int = 0,
+        retry_delay: float = 1.0,
+        http: bool = False,
+    ) -> TaskType:
+        """Register ``fn`` as the callable of task type ``name`` (see :meth:`task`)."""
+        if not isinstance(name, str) or not _TYPE_NAME.match(name):
+            raise InvalidArgument(
+                f"task type must be 1-128 letters, digits or '_.:-' (not starting with a punctuation mark), "
+                f"got {name!r}"
+            )
+        if not callable(fn):
+            raise InvalidArgument(f"the callable for task type {name!r} is not callable: {fn!r}")
+        _check_retries(max_retries, retry_delay)
+        if name in self._types and self._types[name].fn is not fn:
+            raise InvalidArgument(f"task type {name!r} is already registered to {self._types[name].callable}")
+        path = f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+        spec = TaskType(name, fn, path, max_retries, float(retry_delay), http)
+        self._types[name] = spec
+        return spec
+
+    @property
+    def task_types(self) -> dict[str, TaskType]:
+        """The registered task types by name (a copy)."""
+        return dict(self._types)
+
+    # ----------------------------------------------------------- lifecycle
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`shutdown`."""
+        return self._state is _State.RUNNING
+
+    def start(self) -> TaskManager:
+        """Become a node: restore what dead nodes left, then run tasks. Returns ``self``."""
+        with self._state_lock:
+            if self._state is not _State.IDLE:
+                raise ManagerStateError(f"Cannot start the task manager when it is in the {self._state.value!r} state")
+            self._state = _State.RUNNING
+        self._store.register_node(self.node, now_ms(self.clock))
+        self._last_heartbeat = time.monotonic()
+        self._executor.start()
+        self.restore()
+        self._executor.every(self.poll_interval, self._tick)
+        return self
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop running tasks and close the store.
+
+        Tasks still QUEUED are left so, and restored by the next node to
+        start. With ``wait`` (the default) running callables are allowed to
+        finish and their outcome is recorded; without it they are abandoned
+        to the next start's restore.
+        """
+        with self._state_lock:
+            if self._state is _State.SHUT_DOWN:
+                return
+            was_running = self._state is _State.RUNNING
+            self._state = _State.SHUT_DOWN
+        self._stopping = True
+        if was_running:
+            self._executor.shutdown(wait=wait)
+            try:
+                self._flush_progress()
+                self._store.remove_node(self.node)
+            except StoreError:
+                log.exception("could not record the shutdown of node %s", self.node)
+        self._store.close()
+        with self._done:
+            self._generation += 1
+            self._done.notify_all()
+
+    def __enter__(self) -> TaskManager:
+        if self._state is _State.IDLE:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=True)
+
+    def _require_open(self) -> None:
+        if self._state is _State.SHUT_DOWN:
+            raise ManagerStateError("the task manager is shut down; create a new TaskManager to use the store again")
+
+    # -------------------------------------------------------------- submit
+    def submit(
+        self,
+        task_type: str,
+        input: Any = None,
+        *,
+        name: str | None = None,
+        graph: str = DEFAULT_GRAPH,
+        graphspace: str = DEFAULT_GRAPHSPACE,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        delay: float | None = None,
+    ) -> int:
+        """Store a new task and return its id once it is durable.
+
+        :param task_type: a registered type.
+        :param input: any JSON-serialisable value; the callable gets it back as ``ctx.input``.
+        :param name: a human-readable name (default: the type).
+        :param delay: seconds to wait in PENDING before it may run.
+        :raises UnknownTaskType: when ``task_type`` is not registered.
+        :raises InvalidArgument: for non-JSON input and other bad values.
+        :raises LimitExceeded: when the input's JSON is over ``max_input_size``.
+        """
+        return self.submit_many(
+            task_type,
+            [input],
+            name=name,
+            graph=graph,
+            graphspace=graphspace,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            delay=delay,
+        )[0]
+
+    def submit_many(
+        self,
+        task_type: str,
+        inputs: Iterable[Any],
+        *,
+        name: str | None = None,
+        graph: str = DEFAULT_GRAPH,
+        graphspace: str = DEFAULT_GRAPHSPACE,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        delay: float | None = None,
+    ) -> list[int]:
+        """Store one task of ``task_type`` per input, in one transaction; return their ids in order.
+
+        All or nothing: when one input is refused, no task is stored. The
+        other parameters are those of :meth:`submit` and apply to every task.
+        """
+        self._require_open()
+        spec = self._spec(task_type)
+        name = spec.name if name is None else _check_name(name, "task name")
+        _check_name(graph, "graph")
+        _check_name(graphspace, "graphspace")
+        retries = spec.max_retries if max_retries is None else max_retries
+        backoff = spec.retry_delay if retry_delay is None else retry_delay
+        _check_retries(retries, backoff)
+        if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0):
+            raise InvalidArgument(f"delay must be a non-negative number of seconds, got {delay!r}")
+        rows = []
+        for value in inputs:
+            text = None if value is None else _encode_json(value, "input")
+            if text is not None:
+                size = len(text.encode("utf-8"))
+                if size > self.max_input_size:
+                    raise LimitExceeded("input", size, self.max_input_size)
+            rows.append(
+                {
+                    "graphspace": graphspace,
+                    "graph": graph,
+                    "type": spec.name,
+                    "name": name,
+                    "callable": spec.callable,
+                    "input": text,
+                    "owner": self.node if self.running else None,
+                    "max_retries": retries,
+                    "retry_delay": float(backoff),
+                }
+            )
+        if not rows:
+            return []
+        dispatch = self.running
+        run_at = None if delay is None else now_ms(self.clock) + int(delay * 1000)
+
+        def op(tx: Tx) -> list[int]:
+            ids = tx.insert_many(rows) if len(rows) > 1 else [tx.insert(rows[0])]
+            for tid in ids:
+                if run_at is not None:
+                    tx.move(tid, S.NEW, S.PENDING, run_at=run_at)
+                elif dispatch:
+                    tx.move(tid, S.NEW, S.QUEUED)
+            return ids
+
+        ids = self._store.write(op)
+        if run_at is not None and dispatch:
+            self._executor.call_at(run_at / 1000.0, self._wake_due)
+        elif dispatch:
+            for tid in ids:
+                self._dispatch(tid)
+        return ids
+
+    def _spec(self, task_type: str) -> TaskType:
+        spec = self._types.get(task_type) if isinstance(task_type, str) else None
+        if spec is None:
+            raise UnknownTaskType(str(task_type), list(self._types))
+        return spec
+
+    # --------------------------------------------------------------- reads
+    def get(self, task_id: int, *, graph: str | None = None, graphspace: str | None = None) -> Task:
+        """The task with this id (in this graph, when named).
+
+        :raises TaskNotFound: when there is none (the message is the contract's).
+        """
+        self._require_open()
+        task = self._store.get(_check_id(task_id), graphspace, graph)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    @overload
+    def list(
+        self,
+        status: TaskStatus | str | None = ...,
+        limit: int = ...,
+        graph: str | None = ...,
+        graphspace: str | None = ...,
+        page: None = ...,
+        ids: Iterable[int] | None = ...,
+    ) -> list[Task]: ...
+
+    @overload
+    def list(
+        self,
+        status: TaskStatus | str | None = ...,
+        limit: int = ...,
+        graph: str | None = ...,
+        graphspace: str | None = ...,
+        *,
+        page: str,
+        ids: None = ...,
+    ) -> TaskPage: ...
+
+    def list(
+        self,
+        status: TaskStatus | str | None = None,
+        limit: int = 100,
+        graph: str | None = None,
+        graphspace: str | None = None,
+        page: str | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> list[Task] | TaskPage:
+        """Tasks in ascending id order, filtered by every argument given.
+
+        :param status: a status or its name, in any case.
+        :param limit: at most this many; ``-1`` for all.
+        :param page: ``""`` for the first page or the ``next_page`` of the
+            previous one; then a :class:`~taskmgr.task.TaskPage` is returned.
+        :param ids: only these ids (cannot be combined with ``status`` or ``page``).
+        :raises InvalidArgument: for a bad limit, page token or combination.
+        :raises InvalidStatus: for a status that is not one of the twelve.
+        """
+        self._require_open()
+        st = None if status is None else TaskStatus.parse(status)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < -1:
+            raise InvalidArgument(f"limit must be -1 (no limit) or a non-negative integer, got {limit!r}")
+        id_list = None
+        if ids is not None:
+            if st is not None or page is not None:
+                raise InvalidArgument("ids cannot be combined with status or page: ask for the ids alone")
+            id_list = [_check_id(i) for i in ids]
+        if page is None:
+            return self._store.select(status=st, graphspace=graphspace, graph=graph, ids=id_list, limit=limit)
+        if not isinstance(page, str):
+            raise InvalidArgument(f"page must be a string token, got {page!r}")
+        after = decode_page(page)
+        fetch = -1 if limit == -1 else limit + 1
+        tasks = self._store.select(status=st, graphspace=graphspace, graph=graph, after=after, limit=fetch)
+        if limit != -1 and len(tasks) > limit:
+            tasks = tasks[:limit]
+            return TaskPage(tasks, encode_page(tasks[-1].id) if tasks else encode_page(after))
+        return TaskPage(tasks, None)
+
+    def history(self, task_id: int | None = None) -> list[Transition]:
+        """The recorded status changes of one task (or all tasks), oldest first."""
+        self._require_open()
+        return self._store.history(None if task_id is None else _check_id(task_id))
+
+    def prune_history(self, older_than: float) -> int:
+        """Forget history entries older than ``older_than`` seconds; returns how many."""
+        self._require_open()
+        if not isinstance(older_than, (int, float)) or older_than < 0:
+            raise InvalidArgument(f"older_than must be a non-negative number of seconds, got {older_than!r}")
+        return self._store.prune_history(now_ms(self.clock) - int(older_than * 1000))
+
+    def wait(self, task_id: int, timeout: float | None = None) -> Task:
+        """Block until the task is terminal and return it.
+
+        Woken by the commit of the task's final status when it runs in this
+        process; a change made by another process is seen within
+        ``poll_interval`` seconds.
+
+        :raises WaitTimeout: when ``timeout`` seconds pass first.
+        :raises TaskNotFound: when the task does not exist or its record is deleted meanwhile.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._done:
+                generation = self._generation
+            task = self.get(task_id)
+            if task.terminal:
+                return task
+            pause = self.poll_interval
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"task {task_id} is still {task.status.name} after {timeout} s")
+                pause = min(pause, left)
+            with self._done:
+                if self._generation == generation:
+                    self._done.wait(pause)
+            self._require_open()
+
+    # ----------------------------------------------------------- controls
+    def cancel(self, task_id: int, *, graph: str | None = None, graphspace: str | None = None) -> bool:
+        """Cancel a task, per the contract: a task not yet running becomes CANCELLED at once;
+        a RUNNING one becomes CANCELLING and its callable is told (cooperative).
+
+        Returns True (the request was recorded).
+
+        :raises CannotCancel: when it is SUCCESS, FAILED, CANCELLED or CANCELLING.
+        :raises TaskNotFound: when there is no such task.
+        """
+        self._require_open()
+        _check_id(task_id)
+
+        def op(tx: Tx) -> TaskStatus:
+            row = tx.require(task_id, graphspace, graph)
+            st = _damaged_to_unknown(tx, row)
+            if st in NOT_STARTED:
+                if tx.move(task_id, st, S.CANCELLED, run_at=None):
+                    return S.CANCELLED
+            elif st is S.RUNNING:
+                if tx.move(task_id, st, S.CANCELLING):
+                    return S.CANCELLING
+            else:
+                raise CannotCancel(task_id, st)
+            raise InvalidTransition(task_id, st, S.CANCELLED)  # lost a race (shared PostgreSQL)
+
+        if self._store.write(op) is S.CANCELLING:
+            ctx = self._running.get(task_id)
+            if ctx is not None:
+                ctx._request_cancel()
+        return True
+
+    def delete(
+        self, task_id: int, force: bool = False, *, graph: str | None = None, graphspace: str | None = None
+    ) -> TaskStatus:
+        """Delete a task's record (not the task), returning the status it had.
+
+        Without ``force`` only a finished task's record can be deleted. With
+        ``force`` an unfinished one goes at once: if it was not yet running it
+        never starts; if it was running it runs to its end, and its outcome is
+        dropped (the record never comes back).
+
+        :raises IncompleteTask: for an unfinished task without ``force``.
+        :raises TaskNotFound: when there is no such task.
+        """
+        self._require_open()
+        _check_id(task_id)
+
+        def op(tx: Tx) -> TaskStatus:
+            row = tx.require(task_id, graphspace, graph)
+            st = _status(row)
+            if (st is None or not st.terminal) and not force:
+                raise IncompleteTask(task_id, st or row["status"])
+            tx.delete(task_id)
+            return st or S.UNKNOWN
+
+        return self._store.write(op)
+
+    def suspend(self, task_id: int, *, graph: str | None = None, graphspace: str | None = None) -> None:
+        """Hold a task that has not started (NEW, SCHEDULING, SCHEDULED, QUEUED, RESTORING) in PENDING.
+
+        A PENDING task waiting for its start time or a retry is held too, until
+        :meth:`resume`.
+
+        :raises InvalidTransition: for a running, finished or UNKNOWN task.
+        """
+        self._require_open()
+        _check_id(task_id)
+
+        def op(tx: Tx) -> None:
+            row = tx.require(task_id, graphspace, graph)
+            st = _status(row)
+            if st is S.PENDING:
+                tx.update(task_id, (S.PENDING,), run_at=None, updated=tx.now)
+                return
+            if st in _SUSPENDABLE and tx.move(task_id, st, S.PENDING, run_at=None):
+                return
+            raise InvalidTransition(
+                task_id,
+                st or row["status"],
+                S.PENDING,
+                f"Can't suspend task '{task_id}' in status {row['status'].upper()}: only a task that has not "
+                "started (NEW, SCHEDULING, SCHEDULED, QUEUED, RESTORING) can be suspended; cancel a running one",
+            )
+
+        self._store.write(op)
+
+    def resume(self, task_id: int, *, graph: str | None = None, graphspace: str | None = None) -> None:
+        """Bring a PENDING (suspended, delayed or waiting to retry) or UNKNOWN task back to run:
+        RESTORING, then QUEUED on a started manager (an idle one leaves it for a node to claim).
+
+        :raises InvalidTransition: for a task in any other status.
+        :raises UnknownTaskType: for an UNKNOWN task whose type is not registered here.
+        """
+        self._require_open()
+        _check_id(task_id)
+
+        def op(tx: Tx) -> bool:
+            row = tx.require(task_id, graphspace, graph)
+            st = _damaged_to_unknown(tx, row)
+            if st not in (S.PENDING, S.UNKNOWN):
+                raise InvalidTransition(
+                    task_id,
+                    st,
+                    S.RESTORING,
+                    f"Can't resume task '{task_id}' in status {st.name}: only a PENDING or UNKNOWN task can be resumed",
+                )
+            if st is S.UNKNOWN:
+                self._spec(row["type"])
+                _decode_input(row)
+            return self._requeue(tx, row, st)
+
+        if self._store.write(op):
+            self._dispatch(task_id)
+
+    # ------------------------------------------------------------- restore
+    def restore(self) -> int:
+        """Take over the tasks of dead nodes (see the module docs); returns how many it examined.
+
+        Called by :meth:`start`; call it again to take over from a node that
+        died while this one was running.
+        """
+        if not self.running:
+            raise ManagerStateError("restore() needs a started manager: call start() first")
+        store = self._store
+        T = store.Task
+        live = store.live_nodes(int(self.node_timeout * 1000))
+        live.add(self.node)
+        orphaned = (T.owner.is_null()) | (T.owner.not_in(list(live)))
+        statuses = [s.value for s in _RESTORABLE]
+        touched = 0
+        after = 0
+        while True:
+            ids = store.ids_where(T.id > after, T.status.not_in([s.value for s in TERMINAL]), orphaned, limit=1000)
+            if not ids:
+                break
+            after = ids[-1]
+            queued = store.write(self._restore_batch, ids, statuses)
+            touched += len(ids)
+            for tid in queued:
+                self._dispatch(tid)
+        if touched:
+            log.info("restored %d task(s) left by stopped nodes", touched)
+        return touched
+
+    def _restore_batch(self, tx: Tx, ids: list[int], statuses: list[str]) -> list[int]:
+        queued: list[int] = []
+        for tid in ids:
+            row = tx.row(tid)
+            if row is None:
+                continue
+            st = _damaged_to_unknown(tx, row)
+            if st is S.PENDING:
+                tx.update(tid, (S.PENDING,), owner=self.node)
+            elif st is S.CANCELLING:
+                tx.move(tid, st, S.CANCELLED)
+            elif st.value in statuses or st is S.UNKNOWN:
+                if st is S.UNKNOWN and (row["type"] not in self._types or _decode_input_or_none(row) is _BAD):
+                    continue  # still cannot be run: stays UNKNOWN with its explanation
+                if st is S.RUNNING and row["restores"] >= self.max_restores:
+                    tx.move(
+                        tid,
+                        st,
+                        S.FAILED,
+                        result=f"RestoreLimit: the task was interrupted while running {row['restores'] + 1} "
+                        f"times (its process died each time); gave up after max_restores={self.max_restores}",
+                    )
+                    continue
+                extra: dict[str, Any] = {}
+                if st is S.RUNNING:
+                    extra["restores"] = row["restores"] + 1
+                    row = dict(row, ran=1)
+                if self._requeue(tx, row, st, **extra):
+                    queued.append(tid)
+        return queued
+
+    def _requeue(self, tx: Tx, row: dict[str, Any], st: TaskStatus, **extra: Any) -> bool:
+        """Bring a task from ``st`` back to QUEUED by the table's paths, and say whether to dispatch it.
+
+        QUEUED, PENDING, RUNNING and UNKNOWN go through RESTORING; NEW and
+        SCHEDULED go straight to QUEUED; SCHEDULING goes back to NEW first (the
+        table has no SCHEDULING -> RESTORING). An idle manager stops at
+        RESTORING, unowned, for a started node to claim.
+        """
+        tid = row["id"]
+        fields: dict[str, Any] = {"run_at": None, **extra}
+        if row["ran"]:
+            fields.update(retries=row["retries"] + 1, ran=0)
+        if self.running:
+            if row["type"] not in self._types:
+                return self._mark_unknown(tx, tid, st, _unregistered_text(row["type"]))
+            if _decode_input_or_none(row) is _BAD:
+                return self._mark_unknown(tx, tid, st, "InvalidInput: the stored task_input is not valid JSON")
+        owner = self.node if self.running else None
+        if st is S.SCHEDULING:
+            if not tx.move(tid, st, S.NEW):
+                return False
+            st = S.NEW
+        if st in (S.NEW, S.SCHEDULED):
+            return self.running and tx.move(tid, st, S.QUEUED, owner=owner, **fields)
+        if st is S.RESTORING:
+            tx.update(tid, (S.RESTORING,), owner=owner, **fields)
+        elif not tx.move(tid, st, S.RESTORING, owner=owner, **fields):
+            return False
+        if not self.running:
+            return False
+        return tx.move(tid, S.RESTORING, S.QUEUED, result=None)
+
+    @staticmethod
+    def _mark_unknown(tx: Tx, tid: int, st: TaskStatus, why: str) -> bool:
+        if st is not S.UNKNOWN:
+            tx.move(tid, st, S.UNKNOWN, result=why)
+        else:
+            tx.update(tid, (S.UNKNOWN,), result=why)
+        return False
+
+    # ----------------------------------------------------------- execution
+    def _dispatch(self, task_id: int) -> None:
+        self._executor.submit(lambda: self._run(task_id))
+
+    def _run(self, task_id: int) -> None:
+        """The job the executor runs for one queued task."""
+        if self._stopping:
+            return  # left QUEUED: the next start restores it
+        try:
+            row = self._store.write(_op_start, task_id)
+        except StoreError:
+            log.exception("could not start task %d; it stays QUEUED until the next restore", task_id)
+            return
+        if row is None:
+            return  # cancelled, suspended or deleted while queued
+        spec = self._types[row["type"]]
+        ctx = TaskContext(
+            task_id,
+            spec.name,
+            row["name"],
+            json.loads(row["input"]) if row["input"] is not None else None,
+            graph=row["graph"],
+            graphspace=row["graphspace"],
+            retries=row["retries"],
+            progress=row["progress"],
+        )
+        self._running[task_id] = ctx
+        try:
+            value = spec.fn(ctx)
+        except TaskCancelled as exc:
+            if ctx.cancelled:
+                outcome = _Outcome(S.CANCELLED, None, ctx.progress)
+            else:
+                outcome = self._failure(row, ctx, exc)
+        except BaseException as exc:  # noqa: BLE001 - a task's error, whatever it is, is its outcome
+            outcome = self._failure(row, ctx, exc)
+        else:
+            outcome = self._success(value, ctx)
+        self._finish(task_id, outcome)
+
+    def _success(self, value: Any, ctx: TaskContext) -> _Outcome:
+        try:
+            text = _encode_json(value, "result")
+        except InvalidArgument as exc:
+            return _Outcome(S.FAILED, _error_text(exc), ctx.progress)
+        size = len(text.encode("utf-8"))
+        if size > self.max_result_size:
+            return _Outcome(S.FAILED, _error_text(LimitExceeded("result", size, self.max_result_size)), ctx.progress)
+        return _Outcome(S.SUCCESS, text, ctx.progress)
+
+    def _failure(self, row: dict[str, Any], ctx: TaskContext, exc: BaseException) -> _Outcome:
+        text = _error_text(exc)
+        if len(text.encode("utf-8")) > self.max_result_size:
+            text = text.encode("utf-8")[: self.max_result_size].decode("utf-8", "ignore")
+        if row["retries"] < row["max_retries"] and not ctx.cancelled:
+            delay = min(row["retry_delay"] * 2 ** min(row["retries"], 30), max(_MAX_BACKOFF, row["retry_delay"]))
+            log.info("task %d failed (%s); retry %d of %d in %.3g s", ctx.task_id, text, row["retries"] + 1,
+                     row["max_retries"], delay)
+            return _Outcome(S.PENDING, text, ctx.progress, now_ms(self.clock) + int(delay * 1000))
+        log.warning("task %d (%s) failed: %s", ctx.task_id, ctx.task_type, text, exc_info=exc)
+        return _Outcome(S.FAILED, text, ctx.progress)
+
+    def _finish(self, task_id: int, outcome: _Outcome) -> None:
+        try:
+            fut = self._store.write_async(_op_finish, task_id, outcome)
+        except StoreError:
+            self._keep_unsaved(task_id, outcome)
+            return
+
+        def done(f: Any) -> None:
+            self._running.pop(task_id, None)
+            if f.exception() is not None:
+                self._keep_unsaved(task_id, outcome)
+            elif outcome.status is S.PENDING and f.result():
+                self._executor.call_at(outcome.run_at / 1000.0, self._wake_due)  # type: ignore[operator]
+
+        fut.add_done_callback(done)
+
+    def _keep_unsaved(self, task_id: int, outcome: _Outcome) -> None:
+        log.error("could not record the outcome of task %d (%s); will retry", task_id, outcome.status.name)
+        self._unsaved[task_id] = outcome
+
+    def _on_commit(self, changes: list[tuple[int, Any, TaskStatus]]) -> None:
+        if any(to in TERMINAL for _, _, to in changes):
+            with self._done:
+                self._generation += 1
+                self._done.notify_all()
+
+    # -------------------------------------------------------- housekeeping
+    def _tick(self) -> None:
+        """The periodic poll: progress, remote cancels, due PENDING tasks, claims, heartbeat, retries."""
+        if self._stopping:
+            return
+        for step in (self._flush_progress, self._poll_running, self._wake_due, self._claim, self._heartbeat,
+                     self._retry_unsaved):
+            try:
+                step()
+            except Exception:
+                log.exception("housekeeping step %s failed", step.__name__)
+
+    def run_due(self) -> None:
+        """Inline executor only: run one housekeeping poll and every timed call due by the manager's clock."""
+        if not isinstance(self._executor, InlineExecutor):
+            raise ManagerStateError("run_due() is for the inline executor; a pool executor runs them itself")
+        self._require_open()
+        self._executor.run_due(self.clock())
+
+    def _flush_progress(self) -> None:
+        dirty = [(tid, ctx, v) for tid, ctx in list(self._running.items()) if (v := ctx._unsaved_progress()) is not None]
+        if not dirty:
+            return
+
+        def op(tx: Tx) -> None:
+            for tid, _ctx, value in dirty:
+                tx.update(tid, (S.RUNNING, S.CANCELLING), progress=value, updated=tx.now)
+
+        self._store.write(op)
+        for _tid, ctx, value in dirty:
+            ctx._mark_saved(value)
+
+    def _poll_running(self) -> None:
+        """Notice cancels requested by other processes for tasks running here."""
+        running = list(self._running)
+        if not running:
+            return
+        T = self._store.Task
+        for i in range(0, len(running), 500):
+            q = T.select(T.id).where(T.id.in_(running[i : i + 500]), T.status == S.CANCELLING.value)
+            for (tid,) in q.tuples():
+                ctx = self._running.get(tid)
+                if ctx is not None and not ctx.cancelled:
+                    ctx._request_cancel()
+
+    def _wake_due(self) -> None:
+        """Move PENDING tasks whose time has come (delayed start, retry backoff) back to QUEUED."""
+        if self._stopping:
+            return
+        T = self._store.Task
+        now = now_ms(self.clock)
+        while True:
+            ids = self._store.ids_where(
+                T.status == S.PENDING.value,
+                T.run_at <= now,
+                (T.owner == self.node) | T.owner.is_null(),
+                limit=500,
+            )
+            if not ids:
+                return
+
+            def op(tx: Tx, ids: list[int] = ids) -> list[int]:
+                out = []
+                for tid in ids:
+                    row = tx.row(tid)
+                    if row and row["status"] == S.PENDING.value and row["run_at"] is not None and row["run_at"] <= now:
+                        if self._requeue(tx, row, S.PENDING):
+                            out.append(tid)
+                return out
+
+            for tid in self._store.write(op):
+                self._dispatch(tid)
+            if len(ids) < 500:
+                return
+
+    def _claim(self) -> None:
+        """Take unowned NEW or RESTORING tasks of registered types (submitted by idle managers)."""
+        if not self._types:
+            return
+        T = self._store.Task
+        rows = self._store.rows_where(
+            T.status.in_([S.NEW.value, S.RESTORING.value]),
+            T.owner.is_null(),
+            T.type.in_(list(self._types)),
+            limit=500,
+        )
+        if not rows:
+            return
+
+        def op(tx: Tx) -> list[int]:
+            out = []
+            for row in rows:
+                fresh = tx.row(row["id"])
+                if fresh is None or fresh["owner"] is not None or fresh["status"] != row["status"]:
+                    continue
+                st = S(fresh["status"])
+                if st is S.NEW:
+                    if _decode_input_or_none(fresh) is _BAD:
+                        self._mark_unknown(tx, fresh["id"], st, "InvalidInput: the stored task_input is not valid JSON")
+                    elif tx.move(fresh["id"], st, S.QUEUED, owner=self.node):
+                        out.append(fresh["id"])
+                elif self._requeue(tx, fresh, st):
+                    out.append(fresh["id"])
+            return out
+
+        for tid in self._store.write(op):
+            self._dispatch(tid)
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= self.node_timeout / 3:
+            self._store.heartbeat(self.node)
+            self._last_heartbeat = time.monotonic()
+
+    def _retry_unsaved(self) -> None:
+        for tid, outcome in list(self._unsaved.items()):
+            try:
+                self._store.write(_op_finish, tid, outcome)
+            except StoreError:
+                return
+            self._unsaved.pop(tid, None)
+            self._running.pop(tid, None)
+
+    def __repr__(self) -> str:
+        return f"<TaskManager {self._state.value} node={self.node!r} types={sorted(self._types)}>"
+
+
+# ----------------------------------------------------------------- operations
+def _op_start(tx: Tx, task_id: int) -> dict[str, Any] | None:
+    """QUEUED -> RUNNING; the row to run, or None if the task is no longer queued."""
+    if not tx.move(task_id, S.QUEUED, S.RUNNING, ran=1):
+        return None
+    return tx.row(task_id)
+
+
+def _op_finish(tx: Tx, task_id: int, outcome: _Outcome) -> bool:
+    """Record a callable's outcome; False when the record is gone or no longer the runner's."""
+    fields: dict[str, Any] = {"result": outcome.result, "progress": outcome.progress}
+    target = outcome.status
+    if target is S.PENDING:
+        if tx.move(task_id, S.RUNNING, S.PENDING, run_at=outcome.run_at, **fields):
+            return True
+        target = S.FAILED  # a cancel came first: no retry for a task being cancelled
+    elif target is S.CANCELLED:
+        # the callable obeyed a cancel; the row may still say RUNNING only if the cancel was not durable
+        tx.move(task_id, S.RUNNING, S.CANCELLING)
+        return tx.move(task_id, S.CANCELLING, S.CANCELLED, **fields)
+    if tx.move(task_id, S.RUNNING, target, **fields):
+        return True
+    return tx.move(task_id, S.CANCELLING, target, **fields)
+
+
+_BAD = object()
+
+
+def _decode_input(row: dict[str, Any]) -> Any:
+    try:
+        return None if row["input"] is None else json.loads(row["input"])
+    except ValueError:
+        raise InvalidArgument(f"task {row['id']} has a task_input that is not valid JSON") from None
+
+
+def _decode_input_or_none(row: dict[str, Any]) -> Any:
+    try:
+        return _decode_input(row)
+    except InvalidArgument:
+        return _BAD
+
+
+def _status(row: dict[str, Any]) -> TaskStatus | None:
+    try:
+        return TaskStatus(row["status"])
+    except ValueError:
+        return None
+
+
+def _damaged_to_unknown(tx: Tx, row: dict[str, Any]) -> TaskStatus:
+    """The row's status; a status that is not one of the twelve is first recorded as UNKNOWN."""
+    st = _status(row)
+    if st is None:
+        raw = row["status"]
+        tx.move_from_stored(row["id"], raw, S.UNKNOWN, result=f"DamagedRecord: stored status {raw!r} is not valid")
+        row["status"] = S.UNKNOWN.value
+        return S.UNKNOWN
+    return st
+
+
+def _unregistered_text(task_type: str) -> str:
+    return (
+        f"UnknownTaskType: task type {task_type!r} is not registered in the process that restored it; "
+        "register it and call resume() on the task (or restart)"
+    )
+
+
+def _check_retries(max_retries: object, retry_delay: object) -> None:
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise InvalidArgument(f"max_retries must be a non-negative integer, got {max_retries!r}")
+    if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)) or not 0 <= retry_delay < 1e9:
+        raise InvalidArgument(f"retry_delay must be a non-negative number of seconds, got {retry_delay!r}")

@@ -1,0 +1,695 @@
+"""The store: peewee models, the database, and every write to it.
+
+Design
+======
+
+*Models declared once, bound at run time.* :class:`TaskRecord`,
+:class:`HistoryRecord` and :class:`NodeRecord` are declared here without a
+database; each :class:`Store` makes subclasses bound to its own database, so
+two managers on two databases can live in one process.
+
+*One writer, group commit.* Every write goes through :meth:`Store.write`
+(blocking) or :meth:`Store.write_async` (a future). An operation is a function
+``op(tx, *args)`` that runs inside a transaction and talks to the database only
+through the :class:`Tx` it is given. A single writer thread takes every
+operation waiting in its queue, runs them all in **one** ``BEGIN IMMEDIATE``
+transaction, commits once, and only then resolves their futures. A caller
+therefore never hears "done" before its change is durable, yet a hundred
+concurrent status changes cost one commit (one fsync at
+``synchronous=FULL``) instead of a hundred. Reads never wait for the writer:
+they run on the caller's own connection (SQLite in WAL mode lets readers and
+the writer proceed together).
+
+*Operations fail alone.* Each operation runs in a savepoint of its own. One
+that refuses by raising a :class:`~taskmgr.errors.TaskManagerError` is rolled
+back to its savepoint (whatever it wrote is undone) and its caller gets the
+error; the others in its batch commit normally. Any other exception (a database error, a
+bug) rolls the batch back, and the writer replays its operations one by one,
+so only the guilty one fails. A database that stays locked (another process
+holding the write lock past the busy timeout) is retried a bounded number of
+times, then reported as :class:`~taskmgr.errors.StoreError`.
+
+*Every status change is a compare-and-set.* :meth:`Tx.move` issues
+``UPDATE ... SET status=:to WHERE id=:id AND status=:from`` and reports
+whether a row changed; it refuses outright a move the transition table does
+not allow. The history of every change (task, from, to, time) is appended in
+the same transaction, so it can never disagree with the task rows.
+
+*Synchronous mode.* ``Store(..., writer_thread=False)`` runs each operation at
+once on the calling thread, in its own transaction, under a lock: the
+deterministic mode behind the inline executor.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import peewee
+from peewee import (
+    SQL,
+    BigAutoField,
+    BigIntegerField,
+    Database,
+    DoubleField,
+    IntegerField,
+    Model,
+    NodeList,
+    SqliteDatabase,
+    TextField,
+)
+
+from .errors import InvalidArgument, InvalidTransition, StoreError, TaskManagerError, TaskNotFound
+from .status import TaskStatus, can_move
+from .task import Task, Transition
+
+__all__ = ["Store", "Tx", "TaskRecord", "HistoryRecord", "NodeRecord", "now_ms"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def now_ms(clock: Callable[[], float] = time.time) -> int:
+    """The clock's time in epoch milliseconds."""
+    return int(clock() * 1000)
+
+
+class _TaskIdField(BigAutoField):
+    """A 64-bit key that is never reused: ``AUTOINCREMENT`` on SQLite, a sequence elsewhere."""
+
+    def ddl(self, ctx: Any) -> Any:
+        node = super().ddl(ctx)
+        if isinstance(self.model._meta.database, SqliteDatabase):
+            return NodeList((node, SQL("AUTOINCREMENT")))
+        return node
+
+
+class TaskRecord(Model):
+    """One task. Public columns mirror the contract's record; the rest is bookkeeping.
+
+    Bookkeeping columns: ``owner`` (the node running or due to run the task;
+    null when any node may claim it), ``run_at`` (epoch ms at which a PENDING
+    task wakes by itself; null while suspended by request), ``ran`` (1 once the
+    callable started in the current attempt: the next re-run counts as a
+    retry), ``restores`` (runs cut short by a crash), ``max_retries`` and
+    ``retry_delay`` (seconds, doubled on each retry).
+    """
+
+    id = _TaskIdField()
+    graphspace = TextField()
+    graph = TextField()
+    type = TextField()
+    name = TextField()
+    status = TextField()
+    progress = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    created = BigIntegerField()
+    updated = BigIntegerField()
+    result = TextField(null=True)
+    retries = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    callable = TextField()
+    input = TextField(null=True)
+    owner = TextField(null=True)
+    run_at = BigIntegerField(null=True)
+    ran = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    restores = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    max_retries = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    retry_delay = DoubleField(default=1.0, constraints=[SQL("DEFAULT 1.0")])
+
+    class Meta:
+        table_name = "taskmgr_task"
+        indexes = (
+            (("graphspace", "graph", "status", "id"), False),
+            (("graphspace", "graph", "id"), False),
+            (("status", "id"), False),
+        )
+
+
+class HistoryRecord(Model):
+    """One status change of one task; ``from_status`` is null for the creation."""
+
+    id = BigAutoField()
+    task = BigIntegerField(column_name="task_id")
+    from_status = TextField(null=True)
+    to_status = TextField()
+    at = BigIntegerField()
+
+    class Meta:
+        table_name = "taskmgr_history"
+        indexes = ((("task", "id"), False),)
+
+
+class NodeRecord(Model):
+    """A live manager (a "node"): who it is and when it last said so."""
+
+    node = TextField(primary_key=True)
+    host = TextField()
+    pid = IntegerField()
+    started = BigIntegerField()
+    heartbeat = BigIntegerField()
+
+    class Meta:
+        table_name = "taskmgr_node"
+
+
+_MODELS: tuple[type[Model], ...] = (TaskRecord, HistoryRecord, NodeRecord)
+
+
+def _bound(model: type[Model], db: Database) -> type[Model]:
+    """A subclass of ``model`` bound to ``db`` (fields and indexes are inherited)."""
+    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
+    return type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})
+
+
+def open_sqlite(path: str | os.PathLike[str], synchronous: str, busy_timeout: float) -> SqliteDatabase:
+    """Open (creating it owner-only if missing) the SQLite file at ``path`` in WAL mode."""
+    path = os.fspath(path)
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise InvalidArgument(
+            f"database {path!r} is not a file path: the manager's threads each open their own "
+            "connection, so it needs a file (use a temporary file in tests)"
+        )
+    sync = str(synchronous).upper()
+    if sync not in _SYNCHRONOUS:
+        raise InvalidArgument(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
+    if busy_timeout <= 0:
+        raise InvalidArgument(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InvalidArgument(f"cannot create database {path!r}: directory {parent!r} does not exist")
+    try:  # create owner-only; SQLite gives the -wal and -shm files the same mode
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    return SqliteDatabase(
+        path,
+        pragmas=[("journal_mode", "wal"), ("synchronous", sync), ("cache_size", -16000)],
+        timeout=busy_timeout,
+    )
+
+
+class _Op:
+    __slots__ = ("fn", "args", "future")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.future: Future[Any] = Future()
+
+
+_STOP = object()
+
+
+class Tx:
+    """The handle an operation gets: the only way it touches the database.
+
+    All methods run inside the writer's open transaction. ``now`` is the
+    batch's timestamp (epoch ms), shared by every change in it.
+    """
+
+    __slots__ = ("store", "now", "changes")
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.now = now_ms(store.clock)
+        #: ``(task_id, from, to)`` of every move made so far in this transaction
+        self.changes: list[tuple[int, TaskStatus | str | None, TaskStatus]] = []
+
+    def row(self, task_id: int) -> dict[str, Any] | None:
+        """The stored row as a dict (``status`` left as stored text), or ``None``."""
+        return self.store.row(task_id)
+
+    def require(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> dict[str, Any]:
+        """The row of ``task_id`` (in that graph, if named).
+
+        :raises TaskNotFound: when there is none.
+        """
+        row = self.store.row(task_id)
+        if row is None or not _in_scope(row, graphspace, graph):
+            raise TaskNotFound(task_id)
+        return row
+
+    def insert(self, fields: dict[str, Any]) -> int:
+        """Insert one task row in status NEW and return its id."""
+        s = self.store
+        fields = dict(fields, status=TaskStatus.NEW.value, created=self.now, updated=self.now)
+        cursor = s.db.execute_sql(s.insert_sql(tuple(fields)), tuple(fields.values()))
+        task_id = int(s.db.last_insert_id(cursor))
+        self.changes.append((task_id, None, TaskStatus.NEW))
+        return task_id
+
+    def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert many NEW rows (all with the same keys) and return their ids in order."""
+        if not rows:
+            return []
+        s = self.store
+        cols = tuple(rows[0]) + ("status", "created", "updated")
+        extra = (TaskStatus.NEW.value, self.now, self.now)
+        ids: list[int] = []
+        # SQLite caps bound parameters per statement; stay well under it.
+        step = max(1, 30000 // len(cols))
+        for i in range(0, len(rows), step):
+            chunk = rows[i : i + step]
+            params: list[Any] = []
+            for r in chunk:
+                params.extend(r.values())
+                params.extend(extra)
+            if s.returning:
+                cursor = s.db.execute_sql(s.insert_sql(cols, len(chunk), returning=True), params)
+                new = [int(r[0]) for r in cursor.fetchall()]
+            else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
+                cursor = s.db.execute_sql(s.insert_sql(cols, len(chunk)), params)
+                last = int(cursor.lastrowid)
+                new = list(range(last - len(chunk) + 1, last + 1))
+            ids.extend(new)
+        self.changes.extend((i, None, TaskStatus.NEW) for i in ids)
+        return ids
+
+    def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> bool:
+        """Compare-and-set: move ``task_id`` from ``frm`` to ``to`` if it is still ``frm``.
+
+        ``fields`` are other columns to set in the same statement. Returns
+        False when the row is gone or no longer in ``frm`` (nothing written).
+
+        :raises InvalidTransition: when the table does not allow ``frm`` -> ``to``.
+        """
+        if not can_move(frm, to):
+            raise InvalidTransition(task_id, frm, to)
+        s = self.store
+        fields["status"] = to.value
+        fields["updated"] = self.now
+        sql = s.update_sql(tuple(fields), by_status=True)
+        cursor = s.db.execute_sql(sql, (*fields.values(), task_id, frm.value))
+        if cursor.rowcount != 1:
+            return False
+        self.changes.append((task_id, frm, to))
+        return True
+
+    def move_from_stored(self, task_id: int, stored: str, to: TaskStatus, **fields: Any) -> bool:
+        """Move a row whose stored status is not one of the twelve (a damaged record) to ``to``.
+
+        Only UNKNOWN is a legal target: a damaged record is first declared
+        UNKNOWN, and from there follows the table.
+        """
+        if to is not TaskStatus.UNKNOWN:
+            raise InvalidTransition(task_id, stored, to)
+        s = self.store
+        fields["status"] = to.value
+        fields["updated"] = self.now
+        cursor = s.db.execute_sql(s.update_sql(tuple(fields), by_status=True), (*fields.values(), task_id, stored))
+        if cursor.rowcount != 1:
+            return False
+        self.changes.append((task_id, stored, to))
+        return True
+
+    def update(self, task_id: int, statuses: Collection[TaskStatus], **fields: Any) -> bool:
+        """Set columns other than the status, only while the task is in one of ``statuses``."""
+        s = self.store
+        sql = s.update_sql(tuple(fields), by_status=False, n_status=len(statuses))
+        cursor = s.db.execute_sql(sql, (*fields.values(), task_id, *(st.value for st in statuses)))
+        return cursor.rowcount == 1
+
+    def delete(self, task_id: int) -> bool:
+        """Delete a task's row and its history. Returns False when there was no row."""
+        s = self.store
+        n = s.Task.delete().where(s.Task.id == task_id).execute()
+        s.History.delete().where(s.History.task == task_id).execute()
+        return bool(n)
+
+
+def _in_scope(row: dict[str, Any], graphspace: str | None, graph: str | None) -> bool:
+    return (graphspace is None or row["graphspace"] == graphspace) and (graph is None or row["graph"] == graph)
+
+
+class Store:
+    """A task database: the models bound to it, its writer, and its queries.
+
+    :param database: a file path (SQLite, created owner-only if missing) or an
+        open peewee :class:`~peewee.Database` (SQLite or PostgreSQL) that the
+        host owns; the store then neither sets its pragmas nor closes it.
+    :param synchronous: SQLite's ``synchronous`` for a path: ``"FULL"`` (the
+        default: a commit survives power loss) or ``"NORMAL"`` (survives a
+        crash of the process, may lose the last commits on power loss).
+    :param busy_timeout: seconds a connection waits for another's write lock.
+    :param history: keep the table of every status change.
+    :param writer_thread: run writes on a group-commit thread (the default) or
+        synchronously on the calling thread.
+    :param clock: the time source, seconds since the epoch.
+    """
+
+    #: how many times a batch is retried when the database stays locked
+    LOCK_RETRIES = 3
+    #: most operations in one transaction
+    MAX_BATCH = 2048
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] | Database,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        history: bool = True,
+        writer_thread: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(database, Database):
+            self.db = database
+            self._owns_db = False
+        elif isinstance(database, (str, os.PathLike)):
+            self.db = open_sqlite(database, synchronous, busy_timeout)
+            self._owns_db = True
+        else:
+            raise InvalidArgument(
+                f"database must be a file path or a peewee Database, got {type(database).__name__}"
+            )
+        self.clock = clock
+        self.history_enabled = history
+        self.is_sqlite = isinstance(self.db, SqliteDatabase)
+        self.returning = bool(getattr(self.db, "returning_clause", False)) and not self.is_sqlite
+        self.Task: Any = _bound(TaskRecord, self.db)
+        self.History: Any = _bound(HistoryRecord, self.db)
+        self.Node: Any = _bound(NodeRecord, self.db)
+        self._listeners: list[Callable[[list[tuple[int, Any, TaskStatus]]], None]] = []
+        try:
+            self.db.create_tables([self.Task, self.History, self.Node], safe=True)
+        except peewee.DatabaseError as exc:
+            raise StoreError(f"cannot open the task store at {self.db.database!r}: {exc}") from exc
+        self._closed = False
+        self._sync_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if writer_thread:
+            self._thread = threading.Thread(target=self._writer_loop, name="taskmgr-writer", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ SQL
+    def _quote(self, name: str) -> str:
+        q = self.db.quote  # peewee keeps the opening and closing quote characters, e.g. '""'
+        return q[0] + name.replace(q[1], q[1] * 2) + q[1]
+
+    def _col(self, name: str) -> str:
+        return self._quote(self.Task._meta.fields[name].column_name)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one Store lives as long as its manager
+    def update_sql(self, cols: tuple[str, ...], by_status: bool, n_status: int = 1) -> str:
+        p = self.db.param
+        sets = ", ".join(f"{self._col(c)} = {p}" for c in cols)
+        table = self._quote(self.Task._meta.table_name)
+        where = f"{self._col('id')} = {p} AND {self._col('status')} "
+        where += f"= {p}" if by_status else f"IN ({', '.join([p] * n_status)})"
+        return f"UPDATE {table} SET {sets} WHERE {where}"
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def insert_sql(self, cols: tuple[str, ...], rows: int = 1, returning: bool = False) -> str:
+        p = self.db.param
+        table = self._quote(self.Task._meta.table_name)
+        values = "(" + ", ".join([p] * len(cols)) + ")"
+        sql = f"INSERT INTO {table} ({', '.join(self._col(c) for c in cols)}) VALUES " + ", ".join([values] * rows)
+        if returning:
+            sql += f" RETURNING {self._col('id')}"
+        return sql
+
+    # ---------------------------------------------------------------- reads
+    def row(self, task_id: int) -> dict[str, Any] | None:
+        """The stored row of ``task_id`` as a dict, or ``None``."""
+        return self.Task.select().where(self.Task.id == task_id).dicts().get_or_none()
+
+    def get(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> Task | None:
+        """The task (in that graph, if named), or ``None``."""
+        row = self.row(task_id)
+        if row is None or not _in_scope(row, graphspace, graph):
+            return None
+        return to_task(row)
+
+    def select(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        graphspace: str | None = None,
+        graph: str | None = None,
+        ids: Iterable[int] | None = None,
+        after: int = 0,
+        limit: int = -1,
+    ) -> list[Task]:
+        """Tasks matching every given filter, in ascending id order, ids above ``after``."""
+        T = self.Task
+        q = T.select().order_by(T.id)
+        if graphspace is not None:
+            q = q.where(T.graphspace == graphspace)
+        if graph is not None:
+            q = q.where(T.graph == graph)
+        if status is not None:
+            q = q.where(T.status == status.value)
+        if ids is not None:
+            q = q.where(T.id.in_(list(ids)))
+        if after:
+            q = q.where(T.id > after)
+        if limit >= 0:
+            q = q.limit(limit)
+        return [to_task(r) for r in q.dicts()]
+
+    def ids_where(self, *conds: Any, limit: int | None = None) -> list[int]:
+        """Ids of the tasks matching peewee conditions on :attr:`Task`, ascending."""
+        q = self.Task.select(self.Task.id).where(*conds).order_by(self.Task.id)
+        if limit is not None:
+            q = q.limit(limit)
+        return [r[0] for r in q.tuples()]
+
+    def rows_where(self, *conds: Any, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows matching peewee conditions on :attr:`Task`, ascending by id."""
+        q = self.Task.select().where(*conds).order_by(self.Task.id)
+        if limit is not None:
+            q = q.limit(limit)
+        return list(q.dicts())
+
+    def history(self, task_id: int | None = None) -> list[Transition]:
+        """Recorded status changes of one task (or of all), oldest first."""
+        H = self.History
+        q = H.select().order_by(H.id)
+        if task_id is not None:
+            q = q.where(H.task == task_id)
+        return [Transition(r.task, _status_or_raw(r.from_status), _status_or_raw(r.to_status), r.at) for r in q]
+
+    def prune_history(self, before_ms: int) -> int:
+        """Delete history entries older than ``before_ms``; returns how many."""
+        H = self.History
+        return self.write(lambda tx: H.delete().where(H.at < before_ms).execute())
+
+    # --------------------------------------------------------------- writes
+    def add_listener(self, fn: Callable[[list[tuple[int, Any, TaskStatus]]], None]) -> None:
+        """Call ``fn(changes)`` after each commit with the ``(task_id, from, to)`` it made durable."""
+        self._listeners.append(fn)
+
+    def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(tx, *args)`` in a write transaction; return its result once committed."""
+        return self.write_async(fn, *args).result()
+
+    def write_async(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(tx, *args)`` for the writer; the future resolves after the commit."""
+        if self._closed:
+            raise StoreError("the task store is closed")
+        op = _Op(fn, args)
+        if self._thread is None:
+            with self._sync_lock:
+                self._run_batch([op])
+        else:
+            self._queue.put(op)
+        return op.future
+
+    def _writer_loop(self) -> None:
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        try:
+            while True:
+                item = get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                stop = False
+                while len(batch) < self.MAX_BATCH:
+                    try:
+                        item = get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+                if stop:
+                    return
+        finally:
+            if not self.db.is_closed():
+                self.db.close()
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        attempt = 0
+        while True:
+            try:
+                tx, outcomes = self._attempt(batch)
+                break
+            except peewee.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    attempt += 1
+                    if attempt <= self.LOCK_RETRIES:
+                        log.warning("task store locked, retrying (%d/%d)", attempt, self.LOCK_RETRIES)
+                        continue
+                    err = StoreError(
+                        "the task database stayed locked: another connection held the write lock "
+                        f"through {self.LOCK_RETRIES + 1} busy timeouts; nothing was written"
+                    )
+                    err.__cause__ = exc
+                    return self._fail(batch, err)
+                return self._split_or_fail(batch, exc)
+            except Exception as exc:  # a database error or a bug: find the guilty operation
+                return self._split_or_fail(batch, exc)
+        for op, (ok, value) in zip(batch, outcomes):
+            if ok:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(value)
+        if tx.changes:
+            for listener in self._listeners:
+                try:
+                    listener(tx.changes)
+                except Exception:  # pragma: no cover - a listener bug must not stop the writer
+                    log.exception("task store listener failed")
+
+    def _split_or_fail(self, batch: list[_Op], exc: BaseException) -> None:
+        if len(batch) > 1:
+            for op in batch:
+                self._run_batch([op])
+            return
+        if isinstance(exc, peewee.DatabaseError):
+            err: BaseException = StoreError(f"the task database refused the write: {exc}")
+            err.__cause__ = exc
+        else:
+            err = exc
+        self._fail(batch, err)
+
+    @staticmethod
+    def _fail(batch: list[_Op], err: BaseException) -> None:
+        for op in batch:
+            op.future.set_exception(err)
+
+    def _attempt(self, batch: list[_Op]) -> tuple[Tx, list[tuple[bool, Any]]]:
+        tx = Tx(self)
+        outcomes: list[tuple[bool, Any]] = []
+        atomic = self.db.atomic(lock_type="IMMEDIATE") if self.is_sqlite else self.db.atomic()
+        with atomic:
+            for op in batch:
+                mark = len(tx.changes)
+                try:
+                    with self.db.savepoint():
+                        outcomes.append((True, op.fn(tx, *op.args)))
+                except TaskManagerError as exc:  # refused: its savepoint undid whatever it wrote
+                    del tx.changes[mark:]
+                    outcomes.append((False, exc))
+            if self.history_enabled and tx.changes:
+                at = tx.now
+                rows = [(tid, None if f is None else str(f), t.value, at) for tid, f, t in tx.changes]
+                H = self.History
+                for i in range(0, len(rows), 5000):
+                    H.insert_many(rows[i : i + 5000], fields=[H.task, H.from_status, H.to_status, H.at]).execute()
+        return tx, outcomes
+
+    # ---------------------------------------------------------------- nodes
+    def register_node(self, node: str, started: int) -> None:
+        """Record ``node`` (this process) as alive."""
+        N = self.Node
+        host, pid = socket.gethostname(), os.getpid()
+
+        def op(tx: Tx) -> None:
+            N.insert(node=node, host=host, pid=pid, started=started, heartbeat=tx.now).on_conflict_replace().execute()
+
+        self.write(op)
+
+    def heartbeat(self, node: str) -> None:
+        N = self.Node
+        self.write(lambda tx: N.update(heartbeat=tx.now).where(N.node == node).execute())
+
+    def remove_node(self, node: str) -> None:
+        N = self.Node
+        self.write(lambda tx: N.delete().where(N.node == node).execute())
+
+    def live_nodes(self, timeout_ms: int) -> set[str]:
+        """Nodes that are alive: seen within ``timeout_ms``, and whose process exists if on this host."""
+        now = now_ms(self.clock)
+        host = socket.gethostname()
+        alive: set[str] = set()
+        dead: list[str] = []
+        for n in self.Node.select():
+            if now - n.heartbeat > timeout_ms or (n.host == host and not _pid_alive(n.pid)):
+                dead.append(n.node)
+            else:
+                alive.add(n.node)
+        if dead:
+            N = self.Node
+            self.write(lambda tx: N.delete().where(N.node.in_(dead)).execute())
+        return alive
+
+    # ---------------------------------------------------------------- close
+    def close(self) -> None:
+        """Finish every queued write, stop the writer and close the connection (if the store opened it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+        if self._owns_db and not self.db.is_closed():
+            self.db.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _status_or_raw(value: str | None) -> TaskStatus | str | None:
+    if value is None:
+        return None
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        return value
+
+
+def to_task(row: dict[str, Any]) -> Task:
+    """A :class:`Task` from a stored row; a status that is not one of the twelve reads as UNKNOWN."""
+    try:
+        status = TaskStatus(row["status"])
+    except ValueError:
+        status = TaskStatus.UNKNOWN
+    return Task(
+        id=row["id"],
+        type=row["type"],
+        name=row["name"],
+        status=status,
+        progress=row["progress"],
+        created=row["created"],
+        updated=row["updated"],
+        result=row["result"],
+        retries=row["retries"],
+        callable=row["callable"],
+        input=row["input"],
+        graph=row["graph"],
+        graphspace=row["graphspace"],
+    )
