@@ -1,0 +1,91 @@
+"""Shared fixtures: managers on temporary files, and gates that let tests steer callables by events."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+
+from taskmgr import TaskContext, TaskManager
+
+WAIT = 10.0  # every cross-thread wait in the tests is bounded by this
+
+
+class Gates:
+    """Events shared between a test and the callables it runs.
+
+    ``started[task_id]`` is set when that task's callable begins;
+    ``release`` lets the ``gate`` callables return.
+    """
+
+    def __init__(self) -> None:
+        self.started: defaultdict[int, threading.Event] = defaultdict(threading.Event)
+        self.release = threading.Event()
+        self.ran: list[int] = []
+
+    def wait_started(self, task_id: int) -> None:
+        assert self.started[task_id].wait(WAIT), f"task {task_id} did not start within {WAIT} s"
+
+
+def register_test_types(mgr: TaskManager, gates: Gates) -> None:
+    """The task types most tests use."""
+
+    @mgr.task("echo")
+    def echo(ctx: TaskContext) -> object:
+        gates.ran.append(ctx.task_id)
+        return ctx.input
+
+    @mgr.task("fail")
+    def fail(ctx: TaskContext) -> None:
+        gates.ran.append(ctx.task_id)
+        raise ValueError("bad input")
+
+    @mgr.task("sleepy")
+    def sleepy(ctx: TaskContext) -> str:
+        """Cooperates: sleeps in ctx.sleep until cancelled (or 30 s)."""
+        gates.ran.append(ctx.task_id)
+        ctx.progress = 1
+        gates.started[ctx.task_id].set()
+        ctx.sleep(30)
+        return "slept"
+
+    @mgr.task("gate")
+    def gate(ctx: TaskContext) -> str:
+        """Never looks at cancellation: returns when the test releases it."""
+        gates.ran.append(ctx.task_id)
+        gates.started[ctx.task_id].set()
+        assert gates.release.wait(WAIT)
+        return "released"
+
+
+@pytest.fixture
+def gates() -> Gates:
+    return Gates()
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:
+    return str(tmp_path / "tasks.db")
+
+
+@pytest.fixture
+def mgr(db_path: str, gates: Gates) -> Iterator[TaskManager]:
+    """A started pool manager with two workers and a fast poll."""
+    m = TaskManager(db_path, workers=2, poll_interval=0.05)
+    register_test_types(m, gates)
+    m.start()
+    yield m
+    gates.release.set()
+    m.shutdown(wait=True)
+
+
+@pytest.fixture
+def inline(db_path: str, gates: Gates) -> Iterator[TaskManager]:
+    """A started inline manager: submit runs the task before returning."""
+    m = TaskManager(db_path, executor="inline")
+    register_test_types(m, gates)
+    m.start()
+    yield m
+    m.shutdown()
