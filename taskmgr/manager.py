@@ -33,9 +33,10 @@ message saying so (a task that kills its process every time must not crash-
 loop forever); CANCELLING goes CANCELLED; NEW and RESTORING are queued; a
 PENDING task keeps waiting under its new owner. A task whose type is not
 registered, whose input no longer decodes, or whose stored status is not one of
-the twelve, goes UNKNOWN with an explanation in ``task_result``;
-:meth:`TaskManager.resume` (or the next start, once the type is registered)
-brings it back. Execution is therefore at-least-once: a callable interrupted
+the twelve, goes UNKNOWN with an explanation in ``task_result``. The next start
+that knows a missing type restores that type's tasks by itself; a damaged
+record is never re-run by itself (it may have finished already), only by an
+explicit :meth:`TaskManager.resume`. Execution is therefore at-least-once: a callable interrupted
 by a crash runs again.
 
 Durability
@@ -748,8 +749,10 @@ class TaskManager:
             elif st is S.CANCELLING:
                 tx.move(tid, st, S.CANCELLED)
             elif st.value in statuses or st is S.UNKNOWN:
-                if st is S.UNKNOWN and (row["type"] not in self._types or _decode_input_or_none(row) is _BAD):
-                    continue  # still cannot be run: stays UNKNOWN with its explanation
+                if st is S.UNKNOWN and not (
+                    (row["result"] or "").startswith(_UNREGISTERED) and row["type"] in self._types
+                ):
+                    continue  # only resume() brings back a record that was damaged or whose type is still missing
                 if st is S.RUNNING and row["restores"] >= self.max_restores:
                     tx.move(
                         tid,
@@ -1081,9 +1084,12 @@ def _damaged_to_unknown(tx: Tx, row: dict[str, Any]) -> TaskStatus:
     return st
 
 
+_UNREGISTERED = "UnknownTaskType: "
+
+
 def _unregistered_text(task_type: str) -> str:
     return (
-        f"UnknownTaskType: task type {task_type!r} is not registered in the process that restored it; "
+        f"{_UNREGISTERED}task type {task_type!r} is not registered in the process that restored it; "
         "register it and call resume() on the task (or restart)"
     )
 

@@ -1,0 +1,135 @@
+"""Real processes: a SIGKILL while tasks run, a poison task, and a cancel from another process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from childjobs import setup
+from conftest import WAIT
+from taskmgr import TaskManager, TaskStatus, can_move
+
+S = TaskStatus
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.slow
+
+
+def _child(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "childjobs.py"), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE,
+    )
+
+
+def _until(predicate, what: str, timeout: float = WAIT) -> None:
+    """Poll a condition that lives in another process (bounded; nothing here can be awaited)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _assert_history_obeys_the_table(mgr: TaskManager) -> None:
+    last: dict[int, TaskStatus] = {}
+    for move in mgr.history():
+        if move.from_status is None:
+            assert move.to_status is S.NEW
+        else:
+            assert move.from_status == last[move.task_id], move
+            assert can_move(move.from_status, move.to_status), move
+        last[move.task_id] = move.to_status
+
+
+def test_tasks_running_when_the_process_is_killed_are_restored_and_finish(db_path: str) -> None:
+    child = _child("serve", db_path, "6")
+    ids = [int(x) for x in child.stdout.readline().split()]
+    assert len(ids) == 6
+    observer = TaskManager(db_path)
+    _until(lambda: len(observer.list(status="running")) == 2 and all(t.progress > 2 for t in observer.list(status="running")),
+           "two tasks running with progress saved")
+    child.send_signal(signal.SIGKILL)
+    child.wait(WAIT)
+    before = {t.id: t for t in observer.list(limit=-1)}
+    observer.shutdown()
+    running = {i for i, t in before.items() if t.status is S.RUNNING}
+    assert len(running) == 2
+    assert {t.status for t in before.values()} == {S.RUNNING, S.QUEUED}
+
+    mgr = TaskManager(db_path, workers=4, poll_interval=0.05)
+    setup(mgr)
+    with mgr:
+        # let the restored tasks finish quickly: cancel them; the cooperative sleep wakes at once
+        for tid in ids:
+            task = mgr.get(tid)
+            if not task.terminal:
+                mgr.cancel(tid)
+        after = {tid: mgr.wait(tid, WAIT) for tid in ids}
+        _assert_history_obeys_the_table(mgr)
+        for tid in ids:
+            assert after[tid].status in (S.CANCELLED, S.SUCCESS)
+            path = [m.to_status for m in mgr.history(tid)]
+            if tid in running:
+                assert after[tid].retries == 1
+                assert path[:5] == [S.NEW, S.QUEUED, S.RUNNING, S.RESTORING, S.QUEUED]
+            else:
+                assert after[tid].retries == 0
+                assert path[:4] == [S.NEW, S.QUEUED, S.RESTORING, S.QUEUED]
+
+
+def test_a_task_that_kills_its_process_every_time_ends_failed(db_path: str) -> None:
+    runs = 0
+    for _ in range(6):  # bounded: max_restores=2 means three deaths, then a start that gives up
+        child = _child("poison", db_path)
+        assert child.stdout.readline().strip() == "started"
+        observer = TaskManager(db_path)
+        (task,) = observer.list(limit=-1)
+        observer.shutdown()
+        if task.terminal:
+            child.kill()
+            child.wait(WAIT)
+            break
+        assert child.wait(WAIT) == -signal.SIGKILL
+        runs += 1
+    assert runs == 3
+    assert task.status is S.FAILED
+    assert task.result == (
+        "RestoreLimit: the task was interrupted while running 3 times (its process died each time); "
+        "gave up after max_restores=2"
+    )
+    assert task.retries == 2
+
+
+def test_a_cancel_from_another_process_reaches_the_running_callable(db_path: str) -> None:
+    mgr = TaskManager(db_path, poll_interval=0.05)
+    setup(mgr)
+    with mgr:
+        tid = mgr.submit("wait_cancel")
+        _until(lambda: mgr.get(tid).progress == 1, "the task to report progress")
+        started = time.monotonic()
+        subprocess.run(
+            [sys.executable, os.path.join(HERE, "childjobs.py"), "cancel", db_path, str(tid)], check=True, cwd=HERE
+        )
+        task = mgr.wait(tid, WAIT)
+        assert task.status is S.CANCELLED
+        assert time.monotonic() - started < WAIT
+
+
+def test_a_task_running_in_another_process_is_cancelled_from_here(db_path: str) -> None:
+    child = _child("wait_cancel", db_path)
+    tid = int(child.stdout.readline())
+    here = TaskManager(db_path, poll_interval=0.05)
+    try:
+        _until(lambda: here.get(tid).status is S.RUNNING, "the child's task to run")
+        here.cancel(tid)
+        assert here.wait(tid, WAIT).status is S.CANCELLED
+    finally:
+        child.kill()
+        child.wait(WAIT)
+        here.shutdown()

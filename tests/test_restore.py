@@ -1,0 +1,142 @@
+"""Restore on start: rows a dead node left, in every status, and records that cannot be run."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import WAIT, Gates, register_test_types
+from taskmgr import TaskManager, TaskStatus, UnknownTaskType, can_move
+
+S = TaskStatus
+
+
+def _leave_behind(db_path: str, gates: Gates, statuses: list[TaskStatus], *, type_: str = "echo", **fields) -> list[int]:
+    """Rows as a node that died would leave them: owned by a node that no longer exists."""
+    m = TaskManager(db_path)
+    register_test_types(m, gates)
+    ids = m.submit_many(type_, [{"n": i} for i in range(len(statuses))])
+    T = m._store.Task
+    for tid, st in zip(ids, statuses):
+        T.update(status=st.value, owner="gone-host:1:dead", ran=int(st in (S.RUNNING, S.CANCELLING)), **fields).where(
+            T.id == tid
+        ).execute()
+    m.shutdown()
+    return ids
+
+
+RESTORED_PATHS = {
+    S.NEW: [S.QUEUED],
+    S.SCHEDULING: [S.NEW, S.QUEUED],
+    S.SCHEDULED: [S.QUEUED],
+    S.QUEUED: [S.RESTORING, S.QUEUED],
+    S.RUNNING: [S.RESTORING, S.QUEUED],
+    S.RESTORING: [S.QUEUED],
+}
+
+
+@pytest.mark.parametrize("status", list(RESTORED_PATHS))
+def test_a_dead_nodes_task_is_restored_by_the_tables_paths_and_runs(db_path: str, gates: Gates, status) -> None:
+    (tid,) = _leave_behind(db_path, gates, [status])
+    m = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(m, gates)
+    with m:
+        task = m.wait(tid, WAIT)
+        # the rows were put in `status` behind the store's back: check the moves made from there on
+        moves = m.history(tid)[1:]  # [0] is the creation by the idle manager
+    assert task.status is S.SUCCESS
+    assert moves[0].from_status is status
+    assert [mv.to_status for mv in moves] == [*RESTORED_PATHS[status], S.RUNNING, S.SUCCESS]
+    for a, b in zip(moves, moves[1:]):
+        assert a.to_status == b.from_status and can_move(b.from_status, b.to_status)
+    assert task.retries == (1 if status is S.RUNNING else 0)
+
+
+def test_a_cancelling_task_of_a_dead_node_ends_cancelled(db_path: str, gates: Gates) -> None:
+    (tid,) = _leave_behind(db_path, gates, [S.CANCELLING])
+    m = TaskManager(db_path)
+    register_test_types(m, gates)
+    with m:
+        assert m.get(tid).status is S.CANCELLED
+    assert tid not in gates.ran
+
+
+def test_a_pending_task_of_a_dead_node_keeps_waiting(db_path: str, gates: Gates) -> None:
+    (tid,) = _leave_behind(db_path, gates, [S.PENDING])
+    m = TaskManager(db_path)
+    register_test_types(m, gates)
+    with m:
+        assert m.get(tid).status is S.PENDING
+        m.resume(tid)
+        assert m.wait(tid, WAIT).status is S.SUCCESS
+
+
+def test_tasks_of_a_live_node_are_left_alone(db_path: str, gates: Gates) -> None:
+    a = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(a, gates)
+    with a:
+        tid = a.submit("gate")
+        gates.wait_started(tid)
+        b = TaskManager(db_path, poll_interval=0.05)
+        register_test_types(b, gates)
+        with b:
+            assert b.get(tid).status is S.RUNNING
+            assert b.get(tid).retries == 0
+        gates.release.set()
+        assert a.wait(tid, WAIT).status is S.SUCCESS
+
+
+def test_an_unregistered_type_goes_unknown_with_an_explanation_and_resumes_once_registered(
+    db_path: str, gates: Gates
+) -> None:
+    (tid,) = _leave_behind(db_path, gates, [S.QUEUED])
+    m = TaskManager(db_path, poll_interval=0.05)
+    m.register("other", lambda ctx: 0)
+    with m:
+        task = m.get(tid)
+        assert task.status is S.UNKNOWN
+        assert task.result == (
+            "UnknownTaskType: task type 'echo' is not registered in the process that restored it; "
+            "register it and call resume() on the task (or restart)"
+        )
+        with pytest.raises(UnknownTaskType):
+            m.resume(tid)
+        assert m.get(tid).status is S.UNKNOWN
+        register_test_types(m, gates)
+        m.resume(tid)
+        assert m.wait(tid, WAIT).status is S.SUCCESS
+
+
+def test_unknown_tasks_are_restored_on_a_start_that_knows_their_type(db_path: str, gates: Gates) -> None:
+    (tid,) = _leave_behind(db_path, gates, [S.QUEUED])
+    first = TaskManager(db_path)
+    first.register("other", lambda ctx: 0)
+    with first:
+        assert first.get(tid).status is S.UNKNOWN
+    second = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(second, gates)
+    with second:
+        assert second.wait(tid, WAIT).status is S.SUCCESS
+
+
+def test_a_damaged_status_or_input_goes_unknown_and_never_crashes_start(db_path: str, gates: Gates) -> None:
+    bad_status, bad_input, fine = _leave_behind(db_path, gates, [S.QUEUED, S.QUEUED, S.QUEUED])
+    m = TaskManager(db_path)
+    T = m._store.Task
+    T.update(status="exploded").where(T.id == bad_status).execute()
+    T.update(input="{not json").where(T.id == bad_input).execute()
+    assert m.get(bad_status).status is S.UNKNOWN  # reads never fail on a damaged row
+    m.shutdown()
+    m = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(m, gates)
+    with m:
+        assert m.wait(fine, WAIT).status is S.SUCCESS
+        damaged = m.get(bad_status)
+        assert damaged.status is S.UNKNOWN
+        assert damaged.result == "DamagedRecord: stored status 'exploded' is not valid"
+        undecodable = m.get(bad_input)
+        assert undecodable.status is S.UNKNOWN
+        assert undecodable.result == "InvalidInput: the stored task_input is not valid JSON"
+        m.cancel(bad_input)
+        assert m.get(bad_input).status is S.CANCELLED
+        m.resume(bad_status)  # its input is fine: once declared UNKNOWN it can be brought back
+        assert m.wait(bad_status, WAIT).status is S.SUCCESS
