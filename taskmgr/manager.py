@@ -911,11 +911,13 @@ class TaskManager:
                 log.exception("housekeeping step %s failed", step.__name__)
 
     def run_due(self) -> None:
-        """Inline executor only: run one housekeeping poll and every timed call due by the manager's clock."""
-        if not isinstance(self._executor, InlineExecutor):
-            raise ManagerStateError("run_due() is for the inline executor; a pool executor runs them itself")
+        """For executors driven by the test (inline, step): run one housekeeping poll and every
+        timed call due by the manager's clock."""
+        run = getattr(self._executor, "run_due", None)
+        if run is None:
+            raise ManagerStateError("run_due() is for the inline and step executors; a pool executor runs them itself")
         self._require_open()
-        self._executor.run_due(self.clock())
+        run(self.clock())
 
     def _flush_progress(self) -> None:
         dirty = [(tid, ctx, v) for tid, ctx in list(self._running.items()) if (v := ctx._unsaved_progress()) is not None]
