@@ -54,7 +54,6 @@ def main(argv: list[str]) -> None:
     elif mode == "poison":
         if not mgr.list(limit=1):
             mgr.submit("poison")
-        print("started", flush=True)
     elif mode == "wait_cancel":
         print(mgr.submit("wait_cancel"), flush=True)
     time.sleep(120)

@@ -84,20 +84,25 @@ def test_tasks_running_when_the_process_is_killed_are_restored_and_finish(db_pat
 
 
 def test_a_task_that_kills_its_process_every_time_ends_failed(db_path: str) -> None:
-    runs = 0
+    observer = TaskManager(db_path)
+
+    def given_up() -> bool:
+        tasks = observer.list(limit=-1)
+        return bool(tasks) and tasks[0].terminal
+
+    deaths = 0
     for _ in range(6):  # bounded: max_restores=2 means three deaths, then a start that gives up
         child = _child("poison", db_path)
-        assert child.stdout.readline().strip() == "started"
-        observer = TaskManager(db_path)
-        (task,) = observer.list(limit=-1)
-        observer.shutdown()
-        if task.terminal:
+        _until(lambda: child.poll() is not None or given_up(), "the child to die or the task to be given up")
+        if child.poll() is None:
             child.kill()
             child.wait(WAIT)
             break
-        assert child.wait(WAIT) == -signal.SIGKILL
-        runs += 1
-    assert runs == 3
+        assert child.returncode == -signal.SIGKILL
+        deaths += 1
+    (task,) = observer.list(limit=-1)
+    observer.shutdown()
+    assert deaths == 3
     assert task.status is S.FAILED
     assert task.result == (
         "RestoreLimit: the task was interrupted while running 3 times (its process died each time); "
