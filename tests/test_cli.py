@@ -1,0 +1,122 @@
+"""The command line, run in-process through ``main(argv, out)``."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import WAIT, Gates, register_test_types
+from taskmgr import TaskManager, TaskStatus
+from taskmgr.cli import main
+
+S = TaskStatus
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+@pytest.fixture
+def filled(db_path: str, gates: Gates) -> dict[str, int]:
+    m = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(m, gates)
+    with m:
+        ok = m.submit("echo", {"x": 1}, name="ok task")
+        bad = m.submit("fail", name="bad task")
+        m.wait(ok, WAIT)
+        m.wait(bad, WAIT)
+    idle = TaskManager(db_path)
+    register_test_types(idle, gates)
+    new = idle.submit("echo", 2, name="not yet run")
+    idle.shutdown()
+    return {"ok": ok, "bad": bad, "new": new}
+
+
+def test_list_prints_a_table_for_people(db_path: str, filled: dict[str, int]) -> None:
+    code, text = run("list", "--db", db_path)
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0].split() == ["ID", "TYPE", "STATUS", "PROGRESS", "RETRIES", "UPDATED", "NAME", "RESULT"]
+    assert len(lines) == 4
+    assert "SUCCESS" in lines[1] and "FAILED" in lines[2] and "ValueError: bad input" in lines[2]
+    assert "NEW" in lines[3]
+
+
+def test_list_json_is_the_contracts_shape_and_filters(db_path: str, filled: dict[str, int]) -> None:
+    code, text = run("list", "--db", db_path, "--json", "--status", "FAILED")
+    assert code == 0
+    body = json.loads(text)
+    assert [t["id"] for t in body["tasks"]] == [filled["bad"]]
+    assert body["tasks"][0]["task_status"] == "failed"
+    assert run("list", "--db", db_path, "--json", "--limit", "1")[1].count('"id"') == 1
+
+
+def test_show_tells_the_story_of_a_task(db_path: str, filled: dict[str, int]) -> None:
+    code, text = run("show", str(filled["ok"]), "--db", db_path)
+    assert code == 0
+    assert "status: SUCCESS" in text
+    assert "QUEUED -> RUNNING" in text and "RUNNING -> SUCCESS" in text
+    code, text = run("show", str(filled["ok"]), "--db", db_path, "--json")
+    body = json.loads(text)
+    assert body["task"]["id"] == filled["ok"]
+    assert [h["to"] for h in body["history"]] == ["new", "queued", "running", "success"]
+
+
+def test_cancel_and_delete_follow_the_contract(db_path: str, filled: dict[str, int], capsys) -> None:
+    assert run("cancel", str(filled["new"]), "--db", db_path) == (0, f"task {filled['new']} is CANCELLED\n")
+    code, _ = run("cancel", str(filled["ok"]), "--db", db_path)
+    assert code == 1
+    assert f"Can't cancel task '{filled['ok']}' which is completed or cancelling" in capsys.readouterr().err
+    assert run("delete", str(filled["ok"]), "--db", db_path)[0] == 0
+    code, _ = run("show", str(filled["ok"]), "--db", db_path)
+    assert code == 1
+    assert f"Can't find task with id '{filled['ok']}'" in capsys.readouterr().err
+
+
+def test_deleting_an_unfinished_task_needs_force(db_path: str, gates: Gates, capsys) -> None:
+    idle = TaskManager(db_path)
+    register_test_types(idle, gates)
+    tid = idle.submit("echo", 1)
+    idle.shutdown()
+    assert run("delete", str(tid), "--db", db_path)[0] == 1
+    assert "Please try to cancel the task first" in capsys.readouterr().err
+    assert run("delete", str(tid), "--db", db_path, "--force", "--json") == (
+        0,
+        json.dumps({"deleted": tid, "status": "new"}) + "\n",
+    )
+
+
+def test_a_missing_database_is_an_error_not_a_new_file(tmp_path, capsys) -> None:
+    path = tmp_path / "missing.db"
+    assert run("list", "--db", str(path))[0] == 1
+    assert "no task database at" in capsys.readouterr().err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["show", "abc"], ["show", "0"], ["list", "--limit", "-5"], ["frobnicate"], []],
+)
+def test_bad_command_lines_exit_2_with_usage(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: taskmgr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_demo_runs_its_tasks_to_their_expected_ends(tmp_path) -> None:
+    db = tmp_path / "demo.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskmgr", "demo", "--db", str(db), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    tasks = json.loads(proc.stdout)["tasks"]
+    assert [t["task_status"] for t in tasks] == ["success", "cancelled", "success", "failed", "success"]
+    assert tasks[2]["task_retries"] == 1
+    assert proc.stderr == ""
