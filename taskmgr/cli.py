@@ -204,7 +204,7 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
             if not cancelled and mgr.get(ids[1]).progress >= 10:
                 mgr.cancel(ids[1])
                 cancelled = True
-                if not live:
+                if not live and not args.json:
                     out.write(f"-- cancel requested for task {ids[1]}\n")
             if live:
                 if drawn:
