@@ -14,12 +14,13 @@ APScheduler's traps, and how they are avoided here:
 
 * A job that waited longer than ``misfire_grace_time`` for a free thread is
   silently skipped. Every job is added with ``misfire_grace_time=None`` (no
-  limit), so an accepted task always runs, however long the queue.
+  limit), and tasks wait in the executor's own FIFO, not in APScheduler, so
+  an accepted task always runs, however long the queue.
 * A job already handed to the thread pool cannot be removed. The manager never
   tries: a task cancelled or deleted while queued is skipped by its own job,
   whose first act is the compare-and-set QUEUED -> RUNNING, which then fails.
-* ``max_instances`` (default 1) would skip a second run of the same job. Each
-  submission is its own job, so it never applies.
+* ``max_instances`` (default 1) skips a run of a job whose previous run is
+  still going. Every drain job is a job of its own, so it never applies.
 
 :class:`InlineExecutor` runs everything on the calling thread: ``submit`` runs
 the callable before it returns, timed calls wait until :meth:`run_due` is told
@@ -34,6 +35,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -72,7 +74,14 @@ class Executor(Protocol):
 
 
 class PoolExecutor:
-    """An APScheduler ``BackgroundScheduler`` with a pool of ``workers`` threads for tasks."""
+    """An APScheduler ``BackgroundScheduler`` with a pool of ``workers`` threads for tasks.
+
+    Submitted callables wait in a FIFO of the executor's own. The pool runs
+    at most ``workers`` *drain jobs*, each an APScheduler job that takes
+    callables from the FIFO until it is empty: under load a task costs a
+    deque append, not an APScheduler job (whose bookkeeping costs more than
+    a short task), and a new drain job is added only when a thread is idle.
+    """
 
     synchronous = False
 
@@ -80,6 +89,10 @@ class PoolExecutor:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
+        self._ready: deque[Callable[[], None]] = deque()
+        self._draining = 0
+        self._lock = threading.Lock()
+        self._closed = False
         self._scheduler = BackgroundScheduler(
             executors={
                 "tasks": ThreadPoolExecutor(workers, pool_kwargs={"thread_name_prefix": "taskmgr-worker"}),
@@ -94,7 +107,29 @@ class PoolExecutor:
         self._scheduler.start()
 
     def submit(self, fn: Callable[[], None]) -> None:
-        self._scheduler.add_job(fn, executor="tasks")
+        with self._lock:
+            self._ready.append(fn)
+            if self._draining >= self.workers or self._closed:
+                return
+            self._draining += 1
+        self._scheduler.add_job(self._drain, executor="tasks")
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._ready or self._closed:
+                    self._draining -= 1
+                    return
+                fn = self._ready.popleft()
+            try:
+                fn()
+            except Exception:  # the manager's job catches a task's errors; this is a bug
+                log.exception("a task job raised")
+
+    @property
+    def queued(self) -> int:
+        """Callables accepted and waiting for a thread."""
+        return len(self._ready)
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
@@ -104,6 +139,11 @@ class PoolExecutor:
         self._scheduler.add_job(fn, "interval", seconds=seconds, coalesce=True)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop taking callables from the FIFO (those left in it are dropped: the manager
+        restores their tasks at its next start) and stop the scheduler."""
+        with self._lock:
+            self._closed = True
+            self._ready.clear()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
 

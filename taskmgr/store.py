@@ -380,6 +380,18 @@ class Store:
         self.History: Any = _bound(HistoryRecord, self.db)
         self.Node: Any = _bound(NodeRecord, self.db)
         self._listeners: list[Callable[[list[tuple[int, Any, TaskStatus]]], None]] = []
+        fields = self.Task._meta.sorted_fields
+        self._row_names = [f.name for f in fields]
+        self._row_sql = (
+            f"SELECT {', '.join(self._quote(f.column_name) for f in fields)} "
+            f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')} = {self.db.param}"
+        )
+        H = self.History._meta
+        self._history_sql = (
+            f"INSERT INTO {self._quote(H.table_name)} "
+            f"({', '.join(self._quote(H.fields[n].column_name) for n in ('task', 'from_status', 'to_status', 'at'))}) "
+            "VALUES "
+        )
         try:
             self.db.create_tables([self.Task, self.History, self.Node], safe=True)
         except peewee.DatabaseError as exc:
@@ -422,7 +434,8 @@ class Store:
     # ---------------------------------------------------------------- reads
     def row(self, task_id: int) -> dict[str, Any] | None:
         """The stored row of ``task_id`` as a dict, or ``None``."""
-        return self.Task.select().where(self.Task.id == task_id).dicts().get_or_none()
+        found = self.db.execute_sql(self._row_sql, (task_id,)).fetchone()
+        return None if found is None else dict(zip(self._row_names, found))
 
     def get(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> Task | None:
         """The task (in that graph, if named), or ``None``."""
@@ -587,21 +600,32 @@ class Store:
         outcomes: list[tuple[bool, Any]] = []
         atomic = self.db.atomic(lock_type="IMMEDIATE") if self.is_sqlite else self.db.atomic()
         with atomic:
+            execute = self.db.execute_sql
             for op in batch:
                 mark = len(tx.changes)
+                execute("SAVEPOINT taskmgr_op")
                 try:
-                    with self.db.savepoint():
-                        outcomes.append((True, op.fn(tx, *op.args)))
-                except TaskManagerError as exc:  # refused: its savepoint undid whatever it wrote
+                    outcomes.append((True, op.fn(tx, *op.args)))
+                except TaskManagerError as exc:  # refused: undo whatever it wrote
+                    execute("ROLLBACK TO SAVEPOINT taskmgr_op")
                     del tx.changes[mark:]
                     outcomes.append((False, exc))
+                execute("RELEASE SAVEPOINT taskmgr_op")
             if self.history_enabled and tx.changes:
-                at = tx.now
-                rows = [(tid, None if f is None else str(f), t.value, at) for tid, f, t in tx.changes]
-                H = self.History
-                for i in range(0, len(rows), 5000):
-                    H.insert_many(rows[i : i + 5000], fields=[H.task, H.from_status, H.to_status, H.at]).execute()
+                self._append_history(tx)
         return tx, outcomes
+
+    def _append_history(self, tx: Tx) -> None:
+        at = tx.now
+        p = self.db.param
+        row = f"({p}, {p}, {p}, {p})"
+        changes = tx.changes
+        for i in range(0, len(changes), 200):
+            chunk = changes[i : i + 200]
+            params: list[Any] = []
+            for tid, frm, to in chunk:
+                params += (tid, None if frm is None else str(frm), to.value, at)
+            self.db.execute_sql(self._history_sql + ", ".join([row] * len(chunk)), params)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: str, started: int) -> None:

@@ -1,0 +1,151 @@
+"""Core figures of the manager: throughput, submit latency, cancel latency.
+
+Run ``python benchmarks/bench_core.py`` (``--help`` for the knobs). Prints one
+line per figure; medians over ``--repeat`` runs where it says so. Nothing
+here is a pass/fail test: the figures go to ``benchmarks/README.rst``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from taskmgr import TaskContext, TaskManager, TaskStatus
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+STARTED: dict[int, threading.Event] = {}
+
+
+def _sleeper(ctx: TaskContext) -> None:
+    STARTED.setdefault(ctx.task_id, threading.Event()).set()
+    ctx.sleep(60)
+
+
+def _manager(path: str, sync: str, workers: int = 4, poll_interval: float = 0.5) -> TaskManager:
+    mgr = TaskManager(path, workers=workers, synchronous=sync, poll_interval=poll_interval)
+    mgr.register("noop", lambda ctx: None)
+    mgr.register("sleep", _sleeper)
+    return mgr
+
+
+def throughput(sync: str, n: int) -> tuple[float, list[float]]:
+    """No-op tasks submitted one by one, 4 workers: tasks/s from first submit to last SUCCESS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mgr = _manager(os.path.join(tmp, "t.db"), sync)
+        with mgr:
+            lat = []
+            t0 = time.perf_counter()
+            ids = []
+            for _ in range(n):
+                s = time.perf_counter()
+                ids.append(mgr.submit("noop"))
+                lat.append(time.perf_counter() - s)
+            for tid in ids:
+                assert mgr.wait(tid, 120).status is TaskStatus.SUCCESS
+            elapsed = time.perf_counter() - t0
+    return n / elapsed, lat
+
+
+def batch_submit(sync: str, n: int) -> float:
+    """submit_many of n tasks to an idle manager: tasks/s to durable acknowledgement."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mgr = _manager(os.path.join(tmp, "t.db"), sync)
+        t0 = time.perf_counter()
+        mgr.submit_many("noop", [{"i": i} for i in range(n)])
+        elapsed = time.perf_counter() - t0
+        mgr.shutdown()
+    return n / elapsed
+
+
+def cancel_in_process(sync: str, n: int) -> list[float]:
+    """Seconds from cancel() to CANCELLED seen by wait(), for tasks sleeping in ctx.sleep."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        mgr = _manager(os.path.join(tmp, "t.db"), sync)
+        with mgr:
+            for _ in range(n):
+                tid = mgr.submit("sleep")
+                STARTED.setdefault(tid, threading.Event()).wait(10)
+                t0 = time.perf_counter()
+                mgr.cancel(tid)
+                assert mgr.wait(tid, 10).status is TaskStatus.CANCELLED
+                out.append(time.perf_counter() - t0)
+    return out
+
+
+_CANCELLER = """
+import sys, time
+from taskmgr import TaskManager
+mgr = TaskManager(sys.argv[1])
+for line in sys.stdin:
+    t0 = time.time()
+    mgr.cancel(int(line))
+    print(t0, flush=True)
+"""
+
+
+def cancel_cross_process(sync: str, n: int) -> list[float]:
+    """Seconds from another process's cancel() to CANCELLED seen here, at the default poll_interval."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "t.db")
+        mgr = _manager(path, sync)  # the default poll_interval, 0.5 s
+        with mgr:
+            child = subprocess.Popen(
+                [sys.executable, "-c", _CANCELLER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(n):
+                tid = mgr.submit("sleep")
+                STARTED.setdefault(tid, threading.Event()).wait(10)
+                child.stdin.write(f"{tid}\n")
+                child.stdin.flush()
+                t0 = float(child.stdout.readline())
+                assert mgr.wait(tid, 10).status is TaskStatus.CANCELLED
+                out.append(time.time() - t0)
+            child.stdin.close()
+            child.wait(10)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=5000, help="no-op tasks per throughput run")
+    p.add_argument("--batch", type=int, default=100_000, help="tasks in the batch submission")
+    p.add_argument("--repeat", type=int, default=3, help="runs per figure (medians reported)")
+    p.add_argument("--cancels", type=int, default=50, help="cancels measured per kind")
+    p.add_argument("--sync", nargs="+", default=["FULL", "NORMAL"])
+    args = p.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {args.tasks} tasks x {args.repeat} runs")
+    for sync in args.sync:
+        rates, lats = [], []
+        for _ in range(args.repeat):
+            rate, lat = throughput(sync, args.tasks)
+            rates.append(rate)
+            lats += lat
+        print(f"[{sync}] throughput, no-op tasks, 4 workers: {statistics.median(rates):8.0f} tasks/s "
+              f"(runs: {', '.join(f'{r:.0f}' for r in rates)})")
+        print(f"[{sync}] submit latency: p50 {_percentile(lats, 0.5) * 1e3:.3f} ms, "
+              f"p99 {_percentile(lats, 0.99) * 1e3:.3f} ms")
+        b = statistics.median(batch_submit(sync, args.batch) for _ in range(args.repeat))
+        print(f"[{sync}] submit_many of {args.batch}: {b:8.0f} tasks/s")
+        c = cancel_in_process(sync, args.cancels)
+        print(f"[{sync}] cancel -> CANCELLED in-process: p50 {_percentile(c, 0.5) * 1e3:.2f} ms, "
+              f"p99 {_percentile(c, 0.99) * 1e3:.2f} ms")
+        x = cancel_cross_process(sync, max(5, args.cancels // 5))
+        print(f"[{sync}] cancel -> CANCELLED across processes (poll 0.5 s): p50 {_percentile(x, 0.5) * 1e3:.1f} ms, "
+              f"p99 {_percentile(x, 0.99) * 1e3:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
