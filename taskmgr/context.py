@@ -5,7 +5,7 @@ sets the context's cancel event, and the callable notices it at its next
 :meth:`TaskContext.check_cancelled`, :meth:`TaskContext.sleep` or look at
 :attr:`TaskContext.cancelled`. A cancel requested in this process sets the
 event at once; one requested from another process sharing the store is seen
-by the manager's poll, within ``poll_interval`` seconds (0.5 s by default).
+by the manager's poll, within ``poll_interval`` seconds (0.2 s by default).
 
 Progress is kept in memory on every assignment and written by the manager's
 poll (so at most once per ``poll_interval`` per task, however often the

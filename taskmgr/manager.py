@@ -217,7 +217,7 @@ class TaskManager:
         history: bool = True,
         max_input_size: int = 16 * MiB,
         max_result_size: int = 16 * MiB,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.2,
         max_restores: int = 3,
         node_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
