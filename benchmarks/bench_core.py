@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -32,8 +33,8 @@ def _sleeper(ctx: TaskContext) -> None:
     ctx.sleep(60)
 
 
-def _manager(path: str, sync: str, workers: int = 4, poll_interval: float = 0.2) -> TaskManager:
-    mgr = TaskManager(path, workers=workers, synchronous=sync, poll_interval=poll_interval)
+def _manager(path: str, sync: str, workers: int = 4) -> TaskManager:
+    mgr = TaskManager(path, workers=workers, synchronous=sync)
     mgr.register("noop", lambda ctx: None)
     mgr.register("sleep", _sleeper)
     return mgr
@@ -100,7 +101,7 @@ def cancel_cross_process(sync: str, n: int) -> list[float]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "t.db")
-        mgr = _manager(path, sync)  # the default poll_interval
+        mgr = _manager(path, sync)
         with mgr:
             child = subprocess.Popen(
                 [sys.executable, "-c", _CANCELLER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -108,6 +109,8 @@ def cancel_cross_process(sync: str, n: int) -> list[float]:
             for _ in range(n):
                 tid = mgr.submit("sleep")
                 STARTED.setdefault(tid, threading.Event()).wait(10)
+                # a random phase: otherwise each cancel lands just after the poll that saw the previous one
+                time.sleep(random.uniform(0, mgr.poll_interval))
                 child.stdin.write(f"{tid}\n")
                 child.stdin.flush()
                 t0 = float(child.stdout.readline())
