@@ -63,7 +63,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, List as _List, Literal, TypeVar, overload  # noqa: UP035 - TaskManager.list shadows list
 
 from peewee import Database
 
@@ -227,9 +227,9 @@ class TaskManager:
                 raise InvalidArgument(f"{name} must be a positive number of bytes, got {value!r}")
         if not (isinstance(max_restores, int) and max_restores >= 0):
             raise InvalidArgument(f"max_restores must be a non-negative integer, got {max_restores!r}")
-        for name, value in (("poll_interval", poll_interval), ("node_timeout", node_timeout)):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
+        for name, interval in (("poll_interval", poll_interval), ("node_timeout", node_timeout)):
+            if not isinstance(interval, (int, float)) or interval <= 0:
+                raise InvalidArgument(f"{name} must be a positive number of seconds, got {interval!r}")
         if executor == "pool":
             self._executor: Executor = PoolExecutor(workers)
         elif executor == "inline":
@@ -498,7 +498,7 @@ class TaskManager:
         graphspace: str | None = ...,
         page: None = ...,
         ids: Iterable[int] | None = ...,
-    ) -> list[Task]: ...
+    ) -> _List[Task]: ...
 
     @overload
     def list(
@@ -520,7 +520,7 @@ class TaskManager:
         graphspace: str | None = None,
         page: str | None = None,
         ids: Iterable[int] | None = None,
-    ) -> list[Task] | TaskPage:
+    ) -> _List[Task] | TaskPage:
         """Tasks in ascending id order, filtered by every argument given.
 
         :param status: a status or its name, in any case.
@@ -552,7 +552,7 @@ class TaskManager:
             return TaskPage(tasks, encode_page(tasks[-1].id) if tasks else encode_page(after))
         return TaskPage(tasks, None)
 
-    def history(self, task_id: int | None = None) -> list[Transition]:
+    def history(self, task_id: int | None = None) -> _List[Transition]:
         """The recorded status changes of one task (or all tasks), oldest first."""
         self._require_open()
         return self._store.history(None if task_id is None else _check_id(task_id))
@@ -737,8 +737,8 @@ class TaskManager:
             log.info("restored %d task(s) left by stopped nodes", touched)
         return touched
 
-    def _restore_batch(self, tx: Tx, ids: list[int], statuses: list[str]) -> list[int]:
-        queued: list[int] = []
+    def _restore_batch(self, tx: Tx, ids: _List[int], statuses: _List[str]) -> _List[int]:
+        queued: _List[int] = []
         for tid in ids:
             row = tx.row(tid)
             if row is None:
@@ -892,7 +892,7 @@ class TaskManager:
         log.error("could not record the outcome of task %d (%s); will retry", task_id, outcome.status.name)
         self._unsaved[task_id] = outcome
 
-    def _on_commit(self, changes: list[tuple[int, Any, TaskStatus]]) -> None:
+    def _on_commit(self, changes: _List[tuple[int, Any, TaskStatus]]) -> None:
         if any(to in TERMINAL for _, _, to in changes):
             with self._done:
                 self._generation += 1
@@ -961,7 +961,7 @@ class TaskManager:
             if not ids:
                 return
 
-            def op(tx: Tx, ids: list[int] = ids) -> list[int]:
+            def op(tx: Tx, ids: _List[int] = ids) -> _List[int]:
                 out = []
                 for tid in ids:
                     row = tx.row(tid)
@@ -989,7 +989,7 @@ class TaskManager:
         if not rows:
             return
 
-        def op(tx: Tx) -> list[int]:
+        def op(tx: Tx) -> _List[int]:
             out = []
             for row in rows:
                 fresh = tx.row(row["id"])

@@ -491,7 +491,7 @@ class Store:
         q = H.select().order_by(H.id)
         if task_id is not None:
             q = q.where(H.task == task_id)
-        return [Transition(r.task, _status_or_raw(r.from_status), _status_or_raw(r.to_status), r.at) for r in q]
+        return [Transition(r.task, _status_or_raw(r.from_status), _status_or_raw(r.to_status) or "", r.at) for r in q]
 
     def prune_history(self, before_ms: int) -> int:
         """Delete history entries older than ``before_ms``; returns how many."""

@@ -52,8 +52,11 @@ def test_tasks_running_when_the_process_is_killed_are_restored_and_finish(db_pat
     ids = [int(x) for x in child.stdout.readline().split()]
     assert len(ids) == 6
     observer = TaskManager(db_path)
-    _until(lambda: len(observer.list(status="running")) == 2 and all(t.progress > 2 for t in observer.list(status="running")),
-           "two tasks running with progress saved")
+    def two_running_with_progress() -> bool:
+        running = observer.list(status="running")
+        return len(running) == 2 and all(t.progress > 2 for t in running)
+
+    _until(two_running_with_progress, "two tasks running with progress saved")
     child.send_signal(signal.SIGKILL)
     child.wait(WAIT)
     before = {t.id: t for t in observer.list(limit=-1)}
@@ -93,7 +96,7 @@ def test_a_task_that_kills_its_process_every_time_ends_failed(db_path: str) -> N
     deaths = 0
     for _ in range(6):  # bounded: max_restores=2 means three deaths, then a start that gives up
         child = _child("poison", db_path)
-        _until(lambda: child.poll() is not None or given_up(), "the child to die or the task to be given up")
+        _until(lambda child=child: child.poll() is not None or given_up(), "the child to die or the task to be given up")
         if child.poll() is None:
             child.kill()
             child.wait(WAIT)
