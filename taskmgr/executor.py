@@ -34,7 +34,6 @@ import heapq
 import itertools
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -44,7 +43,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .errors import InvalidArgument
 
-__all__ = ["Executor", "PoolExecutor", "InlineExecutor"]
+__all__ = ["Executor", "PoolExecutor", "InlineExecutor", "ManualTimer"]
 
 log = logging.getLogger(__name__)
 
@@ -148,48 +147,48 @@ class PoolExecutor:
             self._scheduler.shutdown(wait=wait)
 
 
-class InlineExecutor:
-    """Runs every call on the calling thread; timed calls run from :meth:`run_due`.
+class ManualTimer:
+    """Timed and periodic calls kept until :meth:`run_due` is told the time: the
+    clock-free half of the executors that tests drive."""
 
-    :param clock: the time source :meth:`run_due` compares against by default.
-    """
-
-    synchronous = True
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self._timed: list[tuple[float, int, Callable[[], None]]] = []
         self._periodic: list[Callable[[], None]] = []
         self._seq = itertools.count()
-        self._lock = threading.Lock()
-        self.running = False
-
-    def start(self) -> None:
-        self.running = True
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        fn()
+        self._timer_lock = threading.Lock()
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
-        with self._lock:
+        with self._timer_lock:
             heapq.heappush(self._timed, (when, next(self._seq), fn))
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
         self._periodic.append(fn)
 
-    def run_due(self, now: float | None = None) -> int:
-        """Run the periodic calls once, then every timed call due at ``now``; return how many timed calls ran."""
-        now = self.clock() if now is None else now
+    def run_due(self, now: float) -> int:
+        """Run the periodic calls once, then every timed call due at ``now`` (seconds since
+        the epoch), on the calling thread; return how many timed calls ran."""
         for fn in list(self._periodic):
             fn()
         ran = 0
         while True:
-            with self._lock:
+            with self._timer_lock:
                 if not self._timed or self._timed[0][0] > now:
                     return ran
                 _, _, fn = heapq.heappop(self._timed)
             fn()
             ran += 1
 
+
+class InlineExecutor(ManualTimer):
+    """Runs every call on the calling thread; timed calls run from :meth:`run_due`."""
+
+    synchronous = True
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        fn()
+
     def shutdown(self, wait: bool = True) -> None:
-        self.running = False
+        pass

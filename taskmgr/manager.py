@@ -233,7 +233,7 @@ class TaskManager:
         if executor == "pool":
             self._executor: Executor = PoolExecutor(workers)
         elif executor == "inline":
-            self._executor = InlineExecutor(clock)
+            self._executor = InlineExecutor()
         elif isinstance(executor, str):
             raise InvalidArgument(f"executor must be 'pool', 'inline' or an Executor, got {executor!r}")
         else:

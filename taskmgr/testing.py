@@ -12,6 +12,9 @@ Three executors cover the usual needs:
 * :func:`inline_manager`: an inline manager on a temporary file, started, and
   cleaned up afterwards.
 
+:func:`check_history` checks a manager's recorded transitions against the
+table.
+
 The hypothesis strategies (:func:`json_values`, :func:`statuses`,
 :func:`status_paths`, :func:`task_type_names`) need the ``hypothesis`` package
 (the ``test`` extra); the rest of this module does not.
@@ -20,21 +23,22 @@ The hypothesis strategies (:func:`json_values`, :func:`statuses`,
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import os
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from .executor import ManualTimer
 from .manager import TaskManager
-from .status import TRANSITIONS, TaskStatus
+from .status import TRANSITIONS, TaskStatus, can_move
+from .task import Transition
 
 __all__ = [
     "FakeClock",
     "StepExecutor",
+    "check_history",
     "inline_manager",
     "json_values",
     "statuses",
@@ -66,23 +70,20 @@ class FakeClock:
             return self._now
 
 
-class StepExecutor:
+class StepExecutor(ManualTimer):
     """An executor that runs nothing until :meth:`run_next` is called.
 
     Each :meth:`run_next` starts the oldest submitted job on a new thread and
-    returns that thread. Timed and periodic calls run from :meth:`run_due`, on
-    the calling thread.
+    returns that thread. Timed and periodic calls run from
+    :meth:`~taskmgr.TaskManager.run_due`, on the calling thread.
     """
 
     synchronous = False
 
     def __init__(self) -> None:
+        super().__init__()
         self._jobs: deque[Callable[[], None]] = deque()
-        self._timed: list[tuple[float, int, Callable[[], None]]] = []
-        self._periodic: list[Callable[[], None]] = []
         self._threads: list[threading.Thread] = []
-        self._seq = itertools.count()
-        self._lock = threading.Lock()
 
     @property
     def pending(self) -> int:
@@ -94,13 +95,6 @@ class StepExecutor:
 
     def submit(self, fn: Callable[[], None]) -> None:
         self._jobs.append(fn)
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> None:
-        with self._lock:
-            heapq.heappush(self._timed, (when, next(self._seq), fn))
-
-    def every(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._periodic.append(fn)
 
     def run_next(self) -> threading.Thread:
         """Start the oldest submitted job on a thread of its own and return the thread.
@@ -116,23 +110,39 @@ class StepExecutor:
         thread.start()
         return thread
 
-    def run_due(self, now: float) -> int:
-        """Run the periodic calls once, then the timed calls due at ``now``; return how many timed calls ran."""
-        for fn in list(self._periodic):
-            fn()
-        ran = 0
-        while True:
-            with self._lock:
-                if not self._timed or self._timed[0][0] > now:
-                    return ran
-                _, _, fn = heapq.heappop(self._timed)
-            fn()
-            ran += 1
-
     def shutdown(self, wait: bool = True) -> None:
         if wait:
             for thread in self._threads:
                 thread.join()
+
+
+def check_history(transitions: Iterable[Transition]) -> dict[int, TaskStatus | str]:
+    """Check recorded transitions (``manager.history()``) against the table; return each task's last status.
+
+    Every task's record must start with its creation (``None -> NEW``), each
+    move must start where the previous one ended, and each must be one the
+    table allows.
+
+    :raises AssertionError: naming the first move that breaks a rule.
+    """
+    last: dict[int, TaskStatus | str] = {}
+    for move in transitions:
+        if move.from_status is None:
+            if move.to_status is not TaskStatus.NEW or move.task_id in last:
+                raise AssertionError(f"task {move.task_id}: a creation must come first and be NEW: {move}")
+        else:
+            if last.get(move.task_id) != move.from_status:
+                raise AssertionError(
+                    f"task {move.task_id}: move {move} does not start from its last status {last.get(move.task_id)}"
+                )
+            if not (
+                isinstance(move.from_status, TaskStatus)
+                and isinstance(move.to_status, TaskStatus)
+                and can_move(move.from_status, move.to_status)
+            ):
+                raise AssertionError(f"task {move.task_id}: the table does not allow {move}")
+        last[move.task_id] = move.to_status
+    return last
 
 
 @contextlib.contextmanager

@@ -25,8 +25,8 @@ from taskmgr import (
     TaskStatus,
     UnknownTaskType,
     WaitTimeout,
-    can_move,
 )
+from taskmgr.testing import check_history
 
 S = TaskStatus
 KEYS = [
@@ -46,10 +46,7 @@ KEYS = [
 
 def _history_obeys_the_table(mgr: TaskManager, task_id: int) -> list[TaskStatus]:
     moves = mgr.history(task_id)
-    assert moves[0].from_status is None and moves[0].to_status is S.NEW
-    for prev, move in zip(moves, moves[1:]):
-        assert move.from_status == prev.to_status
-        assert can_move(move.from_status, move.to_status), move
+    check_history(moves)
     return [m.to_status for m in moves]
 
 

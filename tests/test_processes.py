@@ -12,7 +12,8 @@ import pytest
 
 from childjobs import setup
 from conftest import WAIT
-from taskmgr import TaskManager, TaskStatus, can_move
+from taskmgr import TaskManager, TaskStatus
+from taskmgr.testing import check_history
 
 S = TaskStatus
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,17 +35,6 @@ def _until(predicate, what: str, timeout: float = WAIT) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
-
-
-def _assert_history_obeys_the_table(mgr: TaskManager) -> None:
-    last: dict[int, TaskStatus] = {}
-    for move in mgr.history():
-        if move.from_status is None:
-            assert move.to_status is S.NEW
-        else:
-            assert move.from_status == last[move.task_id], move
-            assert can_move(move.from_status, move.to_status), move
-        last[move.task_id] = move.to_status
 
 
 def test_tasks_running_when_the_process_is_killed_are_restored_and_finish(db_path: str) -> None:
@@ -74,7 +64,7 @@ def test_tasks_running_when_the_process_is_killed_are_restored_and_finish(db_pat
             if not task.terminal:
                 mgr.cancel(tid)
         after = {tid: mgr.wait(tid, WAIT) for tid in ids}
-        _assert_history_obeys_the_table(mgr)
+        check_history(mgr.history())
         for tid in ids:
             assert after[tid].status in (S.CANCELLED, S.SUCCESS)
             path = [m.to_status for m in mgr.history(tid)]

@@ -31,9 +31,8 @@ from taskmgr import (
     TaskManager,
     TaskNotFound,
     TaskStatus,
-    can_move,
 )
-from taskmgr.testing import StepExecutor
+from taskmgr.testing import StepExecutor, check_history
 
 S = TaskStatus
 WAIT = 10.0
@@ -232,14 +231,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_history_is_a_chain_of_allowed_moves(self) -> None:
-        last: dict[int, TaskStatus] = {}
-        for move in self.mgr.history():
-            if move.from_status is None:
-                assert move.to_status is S.NEW
-            else:
-                assert move.from_status == last[move.task_id], move
-                assert can_move(move.from_status, move.to_status), move
-            last[move.task_id] = move.to_status
+        last = check_history(self.mgr.history())
         assert set(last) == set(self.model)
         for tid, m in self.model.items():
             assert last[tid] is m.status

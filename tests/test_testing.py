@@ -139,3 +139,30 @@ def test_strategies_draw_statuses_by_kind() -> None:
         assert not data.draw(statuses(terminal=False)).terminal
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("moves", "error"),
+    [
+        ([(1, None, S.NEW), (1, S.NEW, S.RUNNING)], "the table does not allow"),
+        ([(1, None, S.NEW), (1, S.QUEUED, S.RUNNING)], "does not start from its last status"),
+        ([(1, S.NEW, S.QUEUED)], "does not start from its last status"),
+        ([(1, None, S.QUEUED)], "a creation must come first and be NEW"),
+        ([(1, None, S.NEW), (1, None, S.NEW)], "a creation must come first"),
+        ([(1, None, S.NEW), (1, S.NEW, "bogus")], "the table does not allow"),
+    ],
+)
+def test_check_history_names_the_first_bad_move(moves, error: str) -> None:
+    from taskmgr import Transition
+    from taskmgr.testing import check_history
+
+    with pytest.raises(AssertionError, match=error):
+        check_history([Transition(t, f, to, 0) for t, f, to in moves])
+
+
+def test_check_history_returns_each_tasks_last_status() -> None:
+    from taskmgr import Transition
+    from taskmgr.testing import check_history
+
+    moves = [(1, None, S.NEW), (2, None, S.NEW), (1, S.NEW, S.QUEUED), (2, S.NEW, S.CANCELLED)]
+    assert check_history([Transition(t, f, to, 0) for t, f, to in moves]) == {1: S.QUEUED, 2: S.CANCELLED}
