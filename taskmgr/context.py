@@ -7,6 +7,14 @@ sets the context's cancel event, and the callable notices it at its next
 event at once; one requested from another process sharing the store is seen
 by the manager's poll, within ``poll_interval`` seconds (0.2 s by default).
 
+A manager shut down with ``interrupt=True`` asks its running callables to
+stop in the same way, but the task is not cancelled: ``check_cancelled`` and
+``sleep`` raise :class:`~taskmgr.errors.TaskInterrupted` (a
+:class:`~taskmgr.errors.TaskCancelled`), :attr:`TaskContext.interrupted` turns
+true, and a callable that lets the exception out has its task handed back
+(RESTORING) to run again on the next node. One that returns anyway ends as
+what it returned.
+
 Progress is kept in memory on every assignment and written by the manager's
 poll (so at most once per ``poll_interval`` per task, however often the
 callable sets it); the last value is always written with the task's final
@@ -18,7 +26,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .errors import InvalidArgument, TaskCancelled
+from .errors import InvalidArgument, TaskCancelled, TaskInterrupted
 
 __all__ = ["TaskContext"]
 
@@ -45,7 +53,9 @@ class TaskContext:
         "input",
         "_progress",
         "_saved_progress",
-        "_cancel",
+        "_wake",
+        "_cancel_requested",
+        "_interrupt_requested",
     )
 
     def __init__(
@@ -69,7 +79,9 @@ class TaskContext:
         self.retries = retries
         self._progress = progress
         self._saved_progress = progress
-        self._cancel = threading.Event()
+        self._wake = threading.Event()  # set by a cancel or an interrupt
+        self._cancel_requested = False
+        self._interrupt_requested = False
 
     # ------------------------------------------------------------ progress
     @property
@@ -97,25 +109,45 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         """True once cancellation of this task was requested."""
-        return self._cancel.is_set()
+        return self._cancel_requested
+
+    @property
+    def interrupted(self) -> bool:
+        """True once the manager, shutting down, asked this callable to stop (the task is not cancelled)."""
+        return self._interrupt_requested
 
     def check_cancelled(self) -> None:
-        """Raise :class:`~taskmgr.errors.TaskCancelled` if cancellation was requested."""
-        if self._cancel.is_set():
-            raise TaskCancelled(f"task {self.task_id} was cancelled")
+        """Raise if cancellation (or an interrupting shutdown) was requested.
+
+        :raises TaskCancelled: when the task was cancelled.
+        :raises TaskInterrupted: when the manager is shutting down.
+        """
+        if self._wake.is_set():
+            self._raise()
 
     def sleep(self, seconds: float) -> None:
-        """Sleep for ``seconds``, waking at once if the task is cancelled.
+        """Sleep for ``seconds``, waking at once if the task is cancelled (or the manager interrupts it).
 
         :raises TaskCancelled: when cancellation is requested before or during the sleep.
+        :raises TaskInterrupted: when an interrupting shutdown is.
         """
         if seconds < 0:
             raise InvalidArgument(f"sleep needs a non-negative number of seconds, got {seconds!r}")
-        if self._cancel.wait(seconds):
+        if self._wake.wait(seconds):
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._cancel_requested:
             raise TaskCancelled(f"task {self.task_id} was cancelled")
+        raise TaskInterrupted(f"task {self.task_id} was interrupted: the task manager is shutting down")
 
     def _request_cancel(self) -> None:
-        self._cancel.set()
+        self._cancel_requested = True
+        self._wake.set()
+
+    def _request_interrupt(self) -> None:
+        self._interrupt_requested = True
+        self._wake.set()
 
     def __repr__(self) -> str:
         return f"<TaskContext task_id={self.task_id} type={self.task_type!r} progress={self._progress}>"

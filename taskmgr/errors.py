@@ -28,6 +28,7 @@ __all__ = [
     "CannotCancel",
     "IncompleteTask",
     "TaskCancelled",
+    "TaskInterrupted",
     "ManagerStateError",
     "StoreError",
     "WaitTimeout",
@@ -127,6 +128,14 @@ class TaskCancelled(TaskManagerError):
 
     Let it propagate: the task then ends CANCELLED. A callable that catches it
     and returns normally ends SUCCESS, which is what really happened.
+    """
+
+
+class TaskInterrupted(TaskCancelled):
+    """Raised inside a running callable when the manager shuts down with ``interrupt=True``.
+
+    Let it propagate: the task is then handed back (RESTORING) and runs again
+    on the next node to start; it is not cancelled.
     """
 
 

@@ -77,6 +77,7 @@ from .errors import (
     ManagerStateError,
     StoreError,
     TaskCancelled,
+    TaskInterrupted,
     TaskNotFound,
     UnknownTaskType,
     WaitTimeout,
@@ -124,7 +125,7 @@ class TaskType:
 
 @dataclass
 class _Outcome:
-    status: TaskStatus  # SUCCESS, FAILED or CANCELLED; PENDING for a retry
+    status: TaskStatus  # SUCCESS, FAILED or CANCELLED; PENDING for a retry; RESTORING when interrupted
     result: str | None
     progress: int
     run_at: int | None = None
@@ -330,13 +331,16 @@ class TaskManager:
         self._executor.every(self.poll_interval, self._tick)
         return self
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, interrupt: bool = False) -> None:
         """Stop running tasks and close the store.
 
-        Tasks still QUEUED are left so, and restored by the next node to
-        start. With ``wait`` (the default) running callables are allowed to
-        finish and their outcome is recorded; without it they are abandoned
-        to the next start's restore.
+        Tasks this node had queued but not started are handed back (QUEUED ->
+        RESTORING, unowned) for any started node to claim, or for this file's
+        next start. With ``wait`` (the default) running callables are allowed
+        to finish and their outcome is recorded; with ``interrupt`` they are
+        first asked to stop (see :class:`~taskmgr.context.TaskContext`): one
+        that stops is handed back too, to run again. Without ``wait`` they are
+        abandoned, like a crash: the next start restores them.
         """
         with self._state_lock:
             if self._state is _State.SHUT_DOWN:
@@ -345,9 +349,13 @@ class TaskManager:
             self._state = _State.SHUT_DOWN
         self._stopping = True
         if was_running:
+            if interrupt:
+                for ctx in list(self._running.values()):
+                    ctx._request_interrupt()
             self._executor.shutdown(wait=wait)
             try:
                 self._flush_progress()
+                self._store.write(self._release)
                 self._store.remove_node(self.node)
             except StoreError:
                 log.exception("could not record the shutdown of node %s", self.node)
@@ -355,6 +363,15 @@ class TaskManager:
         with self._done:
             self._generation += 1
             self._done.notify_all()
+
+    def _release(self, tx: Tx) -> None:
+        """Hand back what this node owns but is not running: queued tasks and waiting PENDING ones."""
+        T = self._store.Task
+        running = set(self._running)
+        for tid in self._store.ids_where(T.owner == self.node, T.status == S.QUEUED.value):
+            if tid not in running:
+                tx.move(tid, S.QUEUED, S.RESTORING, owner=None)
+        T.update(owner=None).where(T.owner == self.node, T.status == S.PENDING.value).execute()
 
     def __enter__(self) -> TaskManager:
         if self._state is _State.IDLE:
@@ -699,8 +716,9 @@ class TaskManager:
                     S.RESTORING,
                     f"Can't resume task '{task_id}' in status {st.name}: only a PENDING or UNKNOWN task can be resumed",
                 )
+            if self.running or st is S.UNKNOWN:
+                self._spec(row["type"])  # refuse rather than turn it UNKNOWN behind the caller's back
             if st is S.UNKNOWN:
-                self._spec(row["type"])
                 _decode_input(row)
             return self._requeue(tx, row, st)
 
@@ -718,7 +736,7 @@ class TaskManager:
             raise ManagerStateError("restore() needs a started manager: call start() first")
         store = self._store
         T = store.Task
-        live = store.live_nodes(int(self.node_timeout * 1000))
+        live, _dead = store.reap_nodes(int(self.node_timeout * 1000))
         live.add(self.node)
         orphaned = (T.owner.is_null()) | (T.owner.not_in(list(live)))
         statuses = [s.value for s in _RESTORABLE]
@@ -842,6 +860,8 @@ class TaskManager:
         except TaskCancelled as exc:
             if ctx.cancelled:
                 outcome = _Outcome(S.CANCELLED, None, ctx.progress)
+            elif ctx.interrupted and isinstance(exc, TaskInterrupted):
+                outcome = _Outcome(S.RESTORING, None, ctx.progress)
             else:
                 outcome = self._failure(row, ctx, exc)
         except BaseException as exc:  # noqa: BLE001 - a task's error, whatever it is, is its outcome
@@ -957,6 +977,7 @@ class TaskManager:
                 T.run_at <= now,
                 (T.owner == self.node) | T.owner.is_null(),
                 limit=500,
+                order_by=T.run_at,
             )
             if not ids:
                 return
@@ -1009,9 +1030,14 @@ class TaskManager:
             self._dispatch(tid)
 
     def _heartbeat(self) -> None:
+        """Say this node is alive; take over the tasks of any node found dead meanwhile."""
         if time.monotonic() - self._last_heartbeat >= self.node_timeout / 3:
             self._store.heartbeat(self.node)
             self._last_heartbeat = time.monotonic()
+            _alive, dead = self._store.reap_nodes(int(self.node_timeout * 1000))
+            if dead:
+                log.warning("node(s) %s stopped without shutting down; taking over their tasks", ", ".join(dead))
+                self.restore()
 
     def _retry_unsaved(self) -> None:
         for tid, outcome in list(self._unsaved.items()):
@@ -1038,6 +1064,10 @@ def _op_finish(tx: Tx, task_id: int, outcome: _Outcome) -> bool:
     """Record a callable's outcome; False when the record is gone or no longer the runner's."""
     fields: dict[str, Any] = {"result": outcome.result, "progress": outcome.progress}
     target = outcome.status
+    if target is S.RESTORING:  # interrupted by a shutdown: handed back, to run again (a re-run: ran stays 1)
+        if tx.move(task_id, S.RUNNING, S.RESTORING, owner=None, **fields):
+            return True
+        return tx.move(task_id, S.CANCELLING, S.CANCELLED, **fields)
     if target is S.PENDING:
         if tx.move(task_id, S.RUNNING, S.PENDING, run_at=outcome.run_at, **fields):
             return True

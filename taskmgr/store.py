@@ -132,6 +132,7 @@ class TaskRecord(Model):
             (("graphspace", "graph", "status", "id"), False),
             (("graphspace", "graph", "id"), False),
             (("status", "id"), False),
+            (("status", "run_at"), False),
         )
 
 
@@ -471,9 +472,9 @@ class Store:
             q = q.limit(limit)
         return [to_task(r) for r in q.dicts()]
 
-    def ids_where(self, *conds: Any, limit: int | None = None) -> list[int]:
-        """Ids of the tasks matching peewee conditions on :attr:`Task`, ascending."""
-        q = self.Task.select(self.Task.id).where(*conds).order_by(self.Task.id)
+    def ids_where(self, *conds: Any, limit: int | None = None, order_by: Any = None) -> list[int]:
+        """Ids of the tasks matching peewee conditions on :attr:`Task`, ascending (or by ``order_by``)."""
+        q = self.Task.select(self.Task.id).where(*conds).order_by(self.Task.id if order_by is None else order_by)
         if limit is not None:
             q = q.limit(limit)
         return [r[0] for r in q.tuples()]
@@ -646,8 +647,12 @@ class Store:
         N = self.Node
         self.write(lambda tx: N.delete().where(N.node == node).execute())
 
-    def live_nodes(self, timeout_ms: int) -> set[str]:
-        """Nodes that are alive: seen within ``timeout_ms``, and whose process exists if on this host."""
+    def reap_nodes(self, timeout_ms: int) -> tuple[set[str], list[str]]:
+        """Sort the registered nodes into the living and the dead, and forget the dead.
+
+        A node is alive when it was seen within ``timeout_ms`` and, if it runs
+        on this host, its process exists. Returns ``(alive, dead)``.
+        """
         now = now_ms(self.clock)
         host = socket.gethostname()
         alive: set[str] = set()
@@ -660,7 +665,7 @@ class Store:
         if dead:
             N = self.Node
             self.write(lambda tx: N.delete().where(N.node.in_(dead)).execute())
-        return alive
+        return alive, dead
 
     # ---------------------------------------------------------------- close
     def close(self) -> None:

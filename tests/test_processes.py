@@ -131,3 +131,25 @@ def test_a_task_running_in_another_process_is_cancelled_from_here(db_path: str) 
         child.kill()
         child.wait(WAIT)
         here.shutdown()
+
+
+def test_a_live_node_takes_over_the_tasks_of_a_node_that_died(db_path: str) -> None:
+    survivor = TaskManager(db_path, workers=4, poll_interval=0.05, node_timeout=0.3)
+    setup(survivor)
+    with survivor:
+        child = _child("serve", db_path, "3")
+        ids = [int(x) for x in child.stdout.readline().split()]
+        _until(lambda: sum(survivor.get(i).status is S.RUNNING for i in ids) == 2, "the child to run two tasks")
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT)
+        # no restart here: the survivor's heartbeat notices the dead node and restores its tasks
+        def taken_over(tid: int) -> bool:
+            moves = [m.to_status for m in survivor.history(tid)]
+            return S.RESTORING in moves and moves[-1] is S.RUNNING
+
+        _until(lambda: all(taken_over(i) for i in ids), "the survivor to run the dead node's tasks")
+        assert sum(survivor.get(i).retries for i in ids) == 2  # the two the child was running
+        for tid in ids:
+            survivor.cancel(tid)
+            assert survivor.wait(tid, WAIT).status is S.CANCELLED
+        check_history(survivor.history())

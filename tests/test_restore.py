@@ -140,3 +140,75 @@ def test_a_damaged_status_or_input_goes_unknown_and_never_crashes_start(db_path:
         assert m.get(bad_input).status is S.CANCELLED
         m.resume(bad_status)  # its input is fine: once declared UNKNOWN it can be brought back
         assert m.wait(bad_status, WAIT).status is S.SUCCESS
+
+
+def test_an_interrupting_shutdown_hands_running_tasks_back_to_run_again(db_path: str, gates: Gates) -> None:
+    m = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(m, gates)
+    m.start()
+    tid = m.submit("sleepy")
+    gates.wait_started(tid)
+    m.shutdown(wait=True, interrupt=True)
+    reader = TaskManager(db_path)
+    assert reader.get(tid).status is S.RESTORING
+    reader.shutdown()
+    again = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(again, gates)
+    with again:
+        gates.started.pop(tid)
+        gates.wait_started(tid)
+        task = again.get(tid)
+        assert task.status is S.RUNNING and task.retries == 1
+        again.cancel(tid)
+        assert again.wait(tid, WAIT).status is S.CANCELLED
+
+
+def test_a_callable_that_returns_when_interrupted_ends_as_it_returned(db_path: str) -> None:
+    m = TaskManager(db_path, poll_interval=0.05)
+    import threading
+
+    started = threading.Event()
+
+    def polite(ctx) -> str:
+        started.set()
+        while not ctx.interrupted:
+            ctx._wake.wait(WAIT)  # what ctx.sleep waits on, without raising
+        return "stopped early"
+
+    m.register("polite", polite)
+    m.start()
+    tid = m.submit("polite")
+    assert started.wait(WAIT)
+    m.shutdown(interrupt=True)
+    reader = TaskManager(db_path)
+    task = reader.get(tid)
+    reader.shutdown()
+    assert task.status is S.SUCCESS and task.result == '"stopped early"'
+
+
+def test_a_clean_shutdown_hands_queued_tasks_to_a_live_node(db_path: str, gates: Gates) -> None:
+    a = TaskManager(db_path, workers=1, poll_interval=0.05)
+    register_test_types(a, gates)
+    b = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(b, gates)
+    a.start()
+    blocker = a.submit("gate")
+    gates.wait_started(blocker)
+    queued = a.submit("echo", "handed over")
+    assert a.get(queued).status is S.QUEUED
+    with b:
+        gates.release.set()
+        a.shutdown(wait=True)
+        task = b.wait(queued, WAIT)
+        assert task.status is S.SUCCESS and task.retries == 0
+        assert [mv.to_status for mv in b.history(queued)][-4:] == [S.RESTORING, S.QUEUED, S.RUNNING, S.SUCCESS]
+
+
+def test_resuming_a_task_of_an_unregistered_type_is_refused_by_a_started_node(db_path: str, gates: Gates) -> None:
+    (tid,) = _leave_behind(db_path, gates, [S.PENDING])
+    m = TaskManager(db_path)
+    m.register("other", lambda ctx: 0)
+    with m:
+        with pytest.raises(UnknownTaskType, match="'echo' is not registered"):
+            m.resume(tid)
+        assert m.get(tid).status is S.PENDING
