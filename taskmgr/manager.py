@@ -747,7 +747,7 @@ class TaskManager:
             if not ids:
                 break
             after = ids[-1]
-            queued = store.write(self._restore_batch, ids, statuses)
+            queued = store.write(self._restore_batch, ids, statuses, live)
             touched += len(ids)
             for tid in queued:
                 self._dispatch(tid)
@@ -755,12 +755,12 @@ class TaskManager:
             log.info("restored %d task(s) left by stopped nodes", touched)
         return touched
 
-    def _restore_batch(self, tx: Tx, ids: _List[int], statuses: _List[str]) -> _List[int]:
+    def _restore_batch(self, tx: Tx, ids: _List[int], statuses: _List[str], live: set[str]) -> _List[int]:
         queued: _List[int] = []
         for tid in ids:
             row = tx.row(tid)
-            if row is None:
-                continue
+            if row is None or (row["owner"] is not None and row["owner"] in live):
+                continue  # gone, or claimed by a live node since the ids were read
             st = _damaged_to_unknown(tx, row)
             if st is S.PENDING:
                 tx.update(tid, (S.PENDING,), owner=self.node)
