@@ -19,8 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from . import __version__
-from .context import TaskContext
+from . import __version__, examples
 from .errors import TaskManagerError
 from .manager import TaskManager
 from .status import TaskStatus
@@ -155,29 +154,6 @@ def _cmd_delete(args: argparse.Namespace, out: IO[str]) -> None:
 
 
 # -------------------------------------------------------------------- demo
-def _demo_types(mgr: TaskManager) -> None:
-    @mgr.task("count")
-    def count(ctx: TaskContext) -> int:
-        """Counts to input['to'], a step every input['pause'] seconds; stops when cancelled."""
-        for i in range(1, ctx.input["to"] + 1):
-            ctx.sleep(ctx.input["pause"])
-            ctx.progress = i
-        return ctx.input["to"]
-
-    @mgr.task("flaky", max_retries=2, retry_delay=0.3)
-    def flaky(ctx: TaskContext) -> str:
-        """Fails on its first run, succeeds on the retry."""
-        ctx.sleep(0.3)
-        if ctx.retries == 0:
-            raise ConnectionError("the backend was not ready")
-        return "worked on retry"
-
-    @mgr.task("fail")
-    def fail(ctx: TaskContext) -> None:
-        ctx.sleep(0.5)
-        raise ValueError("bad input")
-
-
 def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
     path = args.db
     # the demo's failing task fails on purpose: keep its traceback off the screen
@@ -185,7 +161,7 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
     if not args.json:
         out.write(f"taskmgr {__version__} demo: tasks run in the background on {path!r}\n\n")
     mgr = TaskManager(path, workers=4, poll_interval=0.1)
-    _demo_types(mgr)
+    examples.setup(mgr)
     live = out.isatty() and not args.json
     with mgr:
         ids = [
@@ -233,6 +209,93 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
     out.write(f"One task's story: taskmgr show {ids[2]} --db {path}\n")
 
 
+# -------------------------------------------------------------------- serve
+AUTH_ENV = "TASKMGR_AUTH"
+
+
+def _read_auth(path: str | None) -> tuple[str, str] | None:
+    """``user:password`` from the file at ``path``, else from $TASKMGR_AUTH, else None."""
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.readline().strip()
+        except OSError as exc:
+            raise TaskManagerError(f"cannot read the credentials file {path!r}: {exc.strerror}") from None
+        where = f"the credentials file {path!r}"
+    else:
+        text = os.environ.get(AUTH_ENV, "")
+        if not text:
+            return None
+        where = f"${AUTH_ENV}"
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise TaskManagerError(f"{where} must hold 'user:password' on one line")
+    return user, password
+
+
+def _load_tasks_module(name: str, manager: TaskManager) -> None:
+    import importlib
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise TaskManagerError(f"cannot import the tasks module {name!r}: {exc}") from None
+    setup = getattr(module, "setup", None)
+    if not callable(setup):
+        raise TaskManagerError(f"the tasks module {name!r} has no setup(manager) function to register its task types")
+    setup(manager)
+
+
+def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
+    import signal
+
+    try:
+        import waitress
+
+        from .rest import create_app
+    except ImportError as exc:
+        raise TaskManagerError(f"taskmgr serve needs the server extra ({exc.name} is missing): "
+                               "pip install 'taskmgr[server]'") from None
+    auth = _read_auth(args.auth_file)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("taskmgr.scheduler").setLevel(logging.WARNING)
+    mgr = TaskManager(args.db, workers=args.workers)
+    if args.examples:
+        examples.setup(mgr)
+    for name in args.tasks:
+        _load_tasks_module(name, mgr)
+    app = create_app(mgr, auth=auth)
+    try:
+        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+    except OSError as exc:
+        mgr.shutdown()
+        raise TaskManagerError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    mgr.start()
+    types = ", ".join(f"{n}{'' if t.http else ' (not over HTTP)'}" for n, t in sorted(mgr.task_types.items()))
+    out.write(
+        f"taskmgr {__version__} serving on http://{server.effective_host}:{server.effective_port}/ "
+        f"(database {args.db!r}, {args.workers} workers, auth {'on' if auth else 'off'}, "
+        f"task types: {types or 'none'})\n"
+    )
+    out.flush()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.write("taskmgr: stopping; running tasks are asked to stop and will be restored next start\n")
+        out.flush()
+        server.close()
+        mgr.shutdown(wait=True, interrupt=True)
+
+
 # --------------------------------------------------------------------- main
 def _task_id(text: str) -> int:
     try:
@@ -251,6 +314,26 @@ def _limit(text: str) -> int:
         value = -2
     if value < -1:
         raise argparse.ArgumentTypeError(f"limit must be -1 (no limit) or a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {text!r}")
     return value
 
 
@@ -286,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=_task_id)
     p.add_argument("--force", action="store_true", help="also the record of an unfinished task")
     p.set_defaults(run=_cmd_delete)
+
+    p = sub.add_parser("serve", help="serve the REST API (needs the server extra)")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=f"the task database file (default: {DEFAULT_DB})")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--workers", type=_positive, default=4, help="threads running tasks (default 4)")
+    p.add_argument("--threads", type=_positive, default=8, help="threads answering requests (default 8)")
+    p.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (from the current directory too) and call its setup(manager); repeatable")
+    p.add_argument("--examples", action="store_true", help="register the example task types (count, flaky, fail)")
+    p.add_argument("--auth-file", metavar="PATH",
+                   help=f"require HTTP Basic auth with the 'user:password' in this file (or set ${AUTH_ENV})")
+    p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("demo", help="run example tasks and watch them")
     common(p, DEMO_DB)

@@ -48,6 +48,16 @@ __all__ = ["Executor", "PoolExecutor", "InlineExecutor", "ManualTimer"]
 log = logging.getLogger(__name__)
 
 _UTC = _dt.timezone.utc
+_TASKS = "taskmgr-tasks"
+_HOUSEKEEPING = "taskmgr-housekeeping"
+
+# APScheduler logs every run of every job at INFO, under a logger named after the executor:
+# that is several lines a second from the housekeeping poll alone. Quiet these two loggers
+# (ours by name) unless the host has set their level itself.
+for _alias in (_TASKS, _HOUSEKEEPING):
+    _logger = logging.getLogger(f"apscheduler.executors.{_alias}")
+    if _logger.level == logging.NOTSET:
+        _logger.setLevel(logging.WARNING)
 
 
 class Executor(Protocol):
@@ -94,8 +104,8 @@ class PoolExecutor:
         self._closed = False
         self._scheduler = BackgroundScheduler(
             executors={
-                "tasks": ThreadPoolExecutor(workers, pool_kwargs={"thread_name_prefix": "taskmgr-worker"}),
-                "default": ThreadPoolExecutor(2, pool_kwargs={"thread_name_prefix": "taskmgr-housekeeping"}),
+                _TASKS: ThreadPoolExecutor(workers, pool_kwargs={"thread_name_prefix": "taskmgr-worker"}),
+                _HOUSEKEEPING: ThreadPoolExecutor(2, pool_kwargs={"thread_name_prefix": "taskmgr-housekeeping"}),
             },
             job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 1},
             timezone=_UTC,
@@ -111,7 +121,7 @@ class PoolExecutor:
             if self._draining >= self.workers or self._closed:
                 return
             self._draining += 1
-        self._scheduler.add_job(self._drain, executor="tasks")
+        self._scheduler.add_job(self._drain, executor=_TASKS)
 
     def _drain(self) -> None:
         while True:
@@ -132,10 +142,10 @@ class PoolExecutor:
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
-        self._scheduler.add_job(fn, "date", run_date=run_date)
+        self._scheduler.add_job(fn, "date", run_date=run_date, executor=_HOUSEKEEPING)
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._scheduler.add_job(fn, "interval", seconds=seconds, coalesce=True)
+        self._scheduler.add_job(fn, "interval", seconds=seconds, coalesce=True, executor=_HOUSEKEEPING)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking callables from the FIFO (those left in it are dropped: the manager

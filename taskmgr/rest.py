@@ -1,0 +1,341 @@
+"""The REST API of the contract (section 4) as a WSGI application over a TaskManager.
+
+:func:`create_app` returns a Falcon application that a host can mount in its
+own WSGI server; ``taskmgr serve`` runs it on waitress. Both come with the
+``server`` extra (``pip install 'taskmgr[server]'``); the core does not need
+them.
+
+Routes (each also under the legacy prefix ``/graphs/{graph}``, which means
+graphspace ``DEFAULT``):
+
+=======  ====================================================  ==========================================
+GET      ``/graphspaces/{gs}/graphs/{g}/tasks``                list: ``status``, ``limit``, ``page``,
+                                                               repeatable ``ids``
+GET      ``/graphspaces/{gs}/graphs/{g}/tasks/{id}``           one task
+DELETE   ``/graphspaces/{gs}/graphs/{g}/tasks/{id}?force=``    delete the record: 204
+PUT      ``/graphspaces/{gs}/graphs/{g}/tasks/{id}?action=``   ``cancel`` (202 ``{"cancelled": true}``);
+                                                               extensions ``suspend``, ``resume``
+POST     ``/graphspaces/{gs}/graphs/{g}/jobs/{type}``          submit a task of a type registered with
+                                                               ``http=True``: 201 ``{"task_id": N}``
+GET      ``/versions``                                         what HugeGraph clients read first
+GET      ``/openapi.json``                                     the OpenAPI 3 document of all this
+=======  ====================================================  ==========================================
+
+Every error is the contract's JSON object ``{"exception": kind, "message":
+text, "cause": ""}`` with a 4xx status: 400 for a bad request, 401 without
+valid credentials, 404 for what does not exist, 405 for a method a path does
+not have, 413 for a body over the input limit. 503 means the store could not
+be written (locked too long, disk full) and the request changed nothing; any
+other 5xx is a bug, logged with its traceback.
+
+With ``auth=(user, password)`` every route but ``/versions`` and
+``/openapi.json`` needs HTTP Basic credentials (the graph database's clients
+send them; ``/versions`` is read before they authenticate). Credentials are
+compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+import falcon
+
+from . import __version__
+from .errors import LimitExceeded, ManagerStateError, StoreError, TaskManagerError, TaskNotFound, UnknownTaskType
+from .manager import DEFAULT_GRAPHSPACE, TaskManager
+from .task import TaskPage
+
+__all__ = ["create_app", "API_CORE_VERSION"]
+
+log = logging.getLogger(__name__)
+
+#: the HugeGraph release whose task API this server speaks (clients pick graphspace URLs from 1.7 on)
+API_CORE_VERSION = "1.7.0"
+_PUBLIC = frozenset({"/versions", "/openapi.json"})
+_MAX_ID = 2**63 - 1
+
+_STATUS_OF: list[tuple[type[TaskManagerError], str]] = [
+    (TaskNotFound, falcon.HTTP_404),
+    (LimitExceeded, falcon.HTTP_413),
+    (UnknownTaskType, falcon.HTTP_404),
+    (StoreError, falcon.HTTP_503),
+    (ManagerStateError, falcon.HTTP_503),
+    (TaskManagerError, falcon.HTTP_400),
+]
+
+
+class ApiError(falcon.HTTPError):
+    """An error answered as the contract's JSON object."""
+
+    def __init__(self, status: str, kind: str, message: str, cause: str = "", **kwargs: Any) -> None:
+        super().__init__(status, title=kind, description=message, **kwargs)
+        self.kind = kind
+        self.message = message
+        self.cause = cause
+
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    if isinstance(exc, ApiError):
+        body = {"exception": exc.kind, "message": exc.message, "cause": exc.cause}
+    elif isinstance(exc, falcon.HTTPRouteNotFound):
+        body = {"exception": "NotFound", "message": f"no such path: {req.path}", "cause": ""}
+    elif isinstance(exc, falcon.HTTPMethodNotAllowed):
+        allowed = (exc.headers or {}).get("Allow", "")
+        body = {"exception": "MethodNotAllowed", "message": f"{req.path} does not accept {req.method}; it accepts "
+                f"{allowed or 'nothing'}", "cause": ""}
+    else:  # any other error Falcon raises itself
+        kind = type(exc).__name__.removeprefix("HTTP")
+        body = {"exception": kind, "message": exc.description or exc.title or kind, "cause": ""}
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(body, ensure_ascii=False)
+
+
+def _from_library(exc: TaskManagerError) -> ApiError:
+    for cls, status in _STATUS_OF:
+        if isinstance(exc, cls):
+            cause = "" if exc.__cause__ is None else str(exc.__cause__)
+            return ApiError(status, type(exc).__name__, str(exc), cause)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(falcon.HTTP_400, "InvalidArgument", message)
+
+
+# ------------------------------------------------------------------ parameters
+def _one(req: falcon.Request, name: str) -> str | None:
+    values = req.params.get(name)
+    if isinstance(values, list):
+        raise _bad_request(f"parameter {name!r} was given {len(values)} times; give it once")
+    return values
+
+
+def _task_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= _MAX_ID:
+        raise _bad_request(f"task id must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _limit(req: falcon.Request) -> int:
+    text = _one(req, "limit")
+    if text is None:
+        return 100
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1 or value > _MAX_ID:
+        raise _bad_request(f"limit must be -1 (no limit) or a non-negative integer, got {text!r}")
+    return value
+
+
+def _bool(req: falcon.Request, name: str) -> bool:
+    text = _one(req, name)
+    if text is None:
+        return False
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise _bad_request(f"parameter {name!r} must be true or false, got {text!r}")
+
+
+# ------------------------------------------------------------------ resources
+class _Resource:
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+
+
+class TasksResource(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, graph: str,
+               graphspace: str = DEFAULT_GRAPHSPACE) -> None:
+        status = _one(req, "status")
+        limit = _limit(req)
+        page = _one(req, "page")
+        raw_ids = req.params.get("ids")
+        ids = None
+        if raw_ids is not None:
+            ids = [_task_id(i) for i in (raw_ids if isinstance(raw_ids, list) else [raw_ids])]
+        result = self.manager.list(
+            status=status, limit=limit, graph=graph, graphspace=graphspace, page=page, ids=ids
+        )
+        if isinstance(result, TaskPage):
+            resp.media = {"tasks": [t.to_dict() for t in result.tasks], "page": result.next_page}
+        else:
+            resp.media = {"tasks": [t.to_dict() for t in result]}
+
+
+class TaskResource(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, graph: str, task_id: str,
+               graphspace: str = DEFAULT_GRAPHSPACE) -> None:
+        resp.media = self.manager.get(_task_id(task_id), graph=graph, graphspace=graphspace).to_dict()
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, graph: str, task_id: str,
+                  graphspace: str = DEFAULT_GRAPHSPACE) -> None:
+        tid = _task_id(task_id)
+        force = _bool(req, "force")
+        self.manager.delete(tid, force=force, graph=graph, graphspace=graphspace)
+        resp.status = falcon.HTTP_204
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, graph: str, task_id: str,
+               graphspace: str = DEFAULT_GRAPHSPACE) -> None:
+        tid = _task_id(task_id)
+        action = _one(req, "action")
+        scope = {"graph": graph, "graphspace": graphspace}
+        if action == "cancel":
+            resp.media = {"cancelled": self.manager.cancel(tid, **scope)}
+        elif action == "suspend":
+            self.manager.suspend(tid, **scope)
+            resp.media = {"suspended": True}
+        elif action == "resume":
+            self.manager.resume(tid, **scope)
+            resp.media = {"resumed": True}
+        else:
+            raise _bad_request(
+                f"parameter 'action' must be cancel, suspend or resume, got {action!r}"
+                if action is not None
+                else "parameter 'action' is required: cancel, suspend or resume"
+            )
+        resp.status = falcon.HTTP_202
+
+
+class JobsResource(_Resource):
+    def __init__(self, manager: TaskManager, max_body: int) -> None:
+        super().__init__(manager)
+        self.max_body = max_body
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, graph: str, task_type: str,
+                graphspace: str = DEFAULT_GRAPHSPACE) -> None:
+        spec = self.manager.task_types.get(task_type)
+        if spec is None or not spec.http:
+            raise ApiError(
+                falcon.HTTP_404,
+                "UnknownTaskType",
+                f"Task type {task_type!r} can't be submitted over HTTP: it is not registered, "
+                "or not registered with http=True",
+            )
+        name = _one(req, "name")
+        length = req.content_length
+        if length is not None and length > self.max_body:
+            raise LimitExceeded("input", length, self.max_body)
+        raw = req.bounded_stream.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise LimitExceeded("input", len(raw), self.max_body)
+        value: Any = None
+        if raw.strip():
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise _bad_request(f"the request body is not valid JSON: {exc}") from None
+        tid = self.manager.submit(task_type, value, name=name, graph=graph, graphspace=graphspace)
+        resp.status = falcon.HTTP_201
+        resp.media = {"task_id": tid}
+
+
+class VersionsResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {
+            "versions": {"version": "v1", "core": API_CORE_VERSION, "api": API_CORE_VERSION, "taskmgr": __version__}
+        }
+
+
+class OpenAPIResource:
+    def __init__(self) -> None:
+        document = json.loads(resources.files("taskmgr").joinpath("openapi.json").read_bytes())
+        document["info"]["version"] = __version__
+        self.document = json.dumps(document).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.document
+
+
+# ----------------------------------------------------------------- middleware
+class BasicAuth:
+    """HTTP Basic authentication for every route but the public ones."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self._expected = f"{user}:{password}".encode()
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path in _PUBLIC or req.method == "OPTIONS":
+            return
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        given = b""
+        if scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(token.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                given = b""
+        if not hmac.compare_digest(given, self._expected):
+            raise ApiError(
+                falcon.HTTP_401,
+                "Unauthorized",
+                "authentication required: send HTTP Basic credentials",
+                headers={"WWW-Authenticate": 'Basic realm="taskmgr", charset="UTF-8"'},
+            )
+
+
+class RequestLog:
+    """One log line per request: method, path and query, status, milliseconds (never headers)."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        target = req.path + (f"?{req.query_string}" if req.query_string else "")
+        log.info("%s %s %s %s %.1fms", req.remote_addr, req.method, target, resp.status, ms)
+
+
+def create_app(
+    manager: TaskManager,
+    *,
+    auth: tuple[str, str] | None = None,
+    log_requests: bool = True,
+) -> falcon.App:
+    """The WSGI application serving ``manager``'s tasks over the contract's REST API.
+
+    :param auth: ``(user, password)`` to require HTTP Basic authentication.
+    :param log_requests: log one line per request to ``taskmgr.rest``.
+    """
+    middleware: list[Any] = []
+    if log_requests:
+        middleware.append(RequestLog())
+    if auth is not None:
+        middleware.append(BasicAuth(*auth))
+    app = falcon.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.keep_blank_qs_values = True
+    app.set_error_serializer(_serialize_error)
+
+    def library_error(req: falcon.Request, resp: falcon.Response, exc: TaskManagerError, params: dict) -> None:
+        raise _from_library(exc)
+
+    def unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
+        if isinstance(exc, falcon.HTTPError):
+            raise exc
+        log.exception("unexpected error answering %s %s", req.method, req.path)
+        raise ApiError(falcon.HTTP_500, "InternalError", "internal error: see the server log")
+
+    app.add_error_handler(Exception, unexpected)
+    app.add_error_handler(TaskManagerError, library_error)
+
+    tasks, task = TasksResource(manager), TaskResource(manager)
+    jobs = JobsResource(manager, manager.max_input_size)
+    for prefix in ("/graphspaces/{graphspace}/graphs/{graph}", "/graphs/{graph}"):
+        app.add_route(f"{prefix}/tasks", tasks)
+        app.add_route(f"{prefix}/tasks/{{task_id}}", task)
+        app.add_route(f"{prefix}/jobs/{{task_type}}", jobs)
+    app.add_route("/versions", VersionsResource())
+    app.add_route("/openapi.json", OpenAPIResource())
+    return app
+
