@@ -50,7 +50,6 @@ import falcon
 from . import __version__
 from .errors import LimitExceeded, ManagerStateError, StoreError, TaskManagerError, TaskNotFound, UnknownTaskType
 from .manager import DEFAULT_GRAPHSPACE, TaskManager
-from .task import TaskPage
 
 __all__ = ["create_app", "API_CORE_VERSION"]
 
@@ -87,7 +86,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
     elif isinstance(exc, falcon.HTTPRouteNotFound):
         body = {"exception": "NotFound", "message": f"no such path: {req.path}", "cause": ""}
     elif isinstance(exc, falcon.HTTPMethodNotAllowed):
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = dict(exc.headers or {}).get("Allow", "")
         body = {"exception": "MethodNotAllowed", "message": f"{req.path} does not accept {req.method}; it accepts "
                 f"{allowed or 'nothing'}", "cause": ""}
     else:  # any other error Falcon raises itself
@@ -161,13 +160,14 @@ class TasksResource(_Resource):
         ids = None
         if raw_ids is not None:
             ids = [_task_id(i) for i in (raw_ids if isinstance(raw_ids, list) else [raw_ids])]
-        result = self.manager.list(
-            status=status, limit=limit, graph=graph, graphspace=graphspace, page=page, ids=ids
-        )
-        if isinstance(result, TaskPage):
-            resp.media = {"tasks": [t.to_dict() for t in result.tasks], "page": result.next_page}
+        if page is None:
+            tasks = self.manager.list(status=status, limit=limit, graph=graph, graphspace=graphspace, ids=ids)
+            resp.media = {"tasks": [t.to_dict() for t in tasks]}
         else:
-            resp.media = {"tasks": [t.to_dict() for t in result]}
+            if ids is not None:
+                raise _bad_request("ids cannot be combined with status or page: ask for the ids alone")
+            found = self.manager.list(status=status, limit=limit, graph=graph, graphspace=graphspace, page=page)
+            resp.media = {"tasks": [t.to_dict() for t in found.tasks], "page": found.next_page}
 
 
 class TaskResource(_Resource):
