@@ -34,6 +34,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -145,7 +146,17 @@ class PoolExecutor:
         self._scheduler.add_job(fn, "date", run_date=run_date, executor=_HOUSEKEEPING)
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._scheduler.add_job(fn, "interval", seconds=seconds, coalesce=True, executor=_HOUSEKEEPING)
+        """Run ``fn`` ``seconds`` after each run ends: runs never overlap, and a slow run
+        delays the next one instead of making APScheduler skip (and log) a run."""
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                if not self._closed:
+                    self.call_at(time.time() + seconds, run)
+
+        self.call_at(time.time() + seconds, run)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking callables from the FIFO (those left in it are dropped: the manager

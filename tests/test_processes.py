@@ -29,6 +29,14 @@ def _child(*args: str) -> subprocess.Popen:
     )
 
 
+def _kill(child: subprocess.Popen) -> None:
+    """SIGKILL the child (if it still runs), reap it and close its pipe."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGKILL)
+    child.wait(WAIT)
+    child.stdout.close()
+
+
 def _until(predicate, what: str, timeout: float = WAIT) -> None:
     """Poll a condition that lives in another process (bounded; nothing here can be awaited)."""
     deadline = time.monotonic() + timeout
@@ -47,8 +55,7 @@ def test_tasks_running_when_the_process_is_killed_are_restored_and_finish(db_pat
         return len(running) == 2 and all(t.progress > 2 for t in running)
 
     _until(two_running_with_progress, "two tasks running with progress saved")
-    child.send_signal(signal.SIGKILL)
-    child.wait(WAIT)
+    _kill(child)
     before = {t.id: t for t in observer.list(limit=-1)}
     observer.shutdown()
     running = {i for i, t in before.items() if t.status is S.RUNNING}
@@ -88,10 +95,10 @@ def test_a_task_that_kills_its_process_every_time_ends_failed(db_path: str) -> N
         child = _child("poison", db_path)
         _until(lambda child=child: child.poll() is not None or given_up(), "the child to die or the task to be given up")
         if child.poll() is None:
-            child.kill()
-            child.wait(WAIT)
+            _kill(child)
             break
         assert child.returncode == -signal.SIGKILL
+        child.stdout.close()
         deaths += 1
     (task,) = observer.list(limit=-1)
     observer.shutdown()
@@ -128,8 +135,7 @@ def test_a_task_running_in_another_process_is_cancelled_from_here(db_path: str) 
         here.cancel(tid)
         assert here.wait(tid, WAIT).status is S.CANCELLED
     finally:
-        child.kill()
-        child.wait(WAIT)
+        _kill(child)
         here.shutdown()
 
 
@@ -140,8 +146,7 @@ def test_a_live_node_takes_over_the_tasks_of_a_node_that_died(db_path: str) -> N
         child = _child("serve", db_path, "3")
         ids = [int(x) for x in child.stdout.readline().split()]
         _until(lambda: sum(survivor.get(i).status is S.RUNNING for i in ids) == 2, "the child to run two tasks")
-        child.send_signal(signal.SIGKILL)
-        child.wait(WAIT)
+        _kill(child)
         # no restart here: the survivor's heartbeat notices the dead node and restores its tasks
         def taken_over(tid: int) -> bool:
             moves = [m.to_status for m in survivor.history(tid)]
