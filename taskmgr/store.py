@@ -470,7 +470,15 @@ class Store:
             q = q.where(T.id > after)
         if limit >= 0:
             q = q.limit(limit)
-        return [to_task(r) for r in q.dicts()]
+        return [to_task(r) for r in self._fetch(q)]
+
+    def _fetch(self, query: Any) -> Iterable[dict[str, Any]]:
+        """Rows of a ``SELECT *`` built with peewee, as dicts, without peewee's per-row conversion
+        (every column is a plain integer, float or text: there is nothing to convert, and it cost
+        over 1 ms per 100 rows)."""
+        sql, params = query.sql()
+        names = self._row_names
+        return (dict(zip(names, row)) for row in self.db.execute_sql(sql, params))
 
     def ids_where(self, *conds: Any, limit: int | None = None, order_by: Any = None) -> list[int]:
         """Ids of the tasks matching peewee conditions on :attr:`Task`, ascending (or by ``order_by``)."""
@@ -484,7 +492,7 @@ class Store:
         q = self.Task.select().where(*conds).order_by(self.Task.id)
         if limit is not None:
             q = q.limit(limit)
-        return list(q.dicts())
+        return list(self._fetch(q))
 
     def history(self, task_id: int | None = None) -> list[Transition]:
         """Recorded status changes of one task (or of all), oldest first."""
