@@ -165,6 +165,13 @@ class PoolExecutor:
             self._closed = True
             self._ready.clear()
         if self._scheduler.running:
+            # APScheduler 3 marks itself stopped before it takes its job-store lock, so a
+            # round of job processing still in flight then fails to remove a finished date job
+            # and kills the scheduler thread with a JobLookupError. Pause first (new rounds
+            # return at once) and wait for the round in flight to let go of that lock.
+            self._scheduler.pause()
+            with self._scheduler._jobstores_lock:
+                pass
             self._scheduler.shutdown(wait=wait)
 
 

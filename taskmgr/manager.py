@@ -261,6 +261,7 @@ class TaskManager:
         self._stopping = False
         self._running: dict[int, TaskContext] = {}
         self._unsaved: dict[int, _Outcome] = {}
+        self._undispatched: set[int] = set()  # queued tasks whose start could not be written
         self._done = threading.Condition()
         self._generation = 0
         self._last_heartbeat = 0.0
@@ -838,8 +839,10 @@ class TaskManager:
             return  # left QUEUED: the next start restores it
         try:
             row = self._store.write(_op_start, task_id)
-        except StoreError:
-            log.exception("could not start task %d; it stays QUEUED until the next restore", task_id)
+        except StoreError as exc:
+            log.error("could not start task %d (%s); it stays QUEUED and is tried again at the next poll",
+                      task_id, exc)
+            self._undispatched.add(task_id)
             return
         if row is None:
             return  # cancelled, suspended or deleted while queued
@@ -909,7 +912,8 @@ class TaskManager:
         fut.add_done_callback(done)
 
     def _keep_unsaved(self, task_id: int, outcome: _Outcome) -> None:
-        log.error("could not record the outcome of task %d (%s); will retry", task_id, outcome.status.name)
+        log.error("could not record the outcome of task %d (%s); it is kept in memory and written at the "
+                  "next poll that can", task_id, outcome.status.name)
         self._unsaved[task_id] = outcome
 
     def _on_commit(self, changes: _List[tuple[int, Any, TaskStatus]]) -> None:
@@ -923,8 +927,8 @@ class TaskManager:
         """The periodic poll: progress, remote cancels, due PENDING tasks, claims, heartbeat, retries."""
         if self._stopping:
             return
-        for step in (self._flush_progress, self._poll_running, self._wake_due, self._claim, self._heartbeat,
-                     self._retry_unsaved):
+        for step in (self._retry_unsaved, self._redispatch, self._flush_progress, self._poll_running,
+                     self._wake_due, self._claim, self._heartbeat):
             try:
                 step()
             except Exception:
@@ -1038,6 +1042,11 @@ class TaskManager:
             if dead:
                 log.warning("node(s) %s stopped without shutting down; taking over their tasks", ", ".join(dead))
                 self.restore()
+
+    def _redispatch(self) -> None:
+        """Hand the executor again the queued tasks whose start could not be written (a full disk)."""
+        while self._undispatched:
+            self._dispatch(self._undispatched.pop())
 
     def _retry_unsaved(self) -> None:
         for tid, outcome in list(self._unsaved.items()):

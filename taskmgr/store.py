@@ -593,7 +593,12 @@ class Store:
                 self._run_batch([op])
             return
         if isinstance(exc, peewee.DatabaseError):
-            err: BaseException = StoreError(f"the task database refused the write: {exc}")
+            if "full" in str(exc):
+                text = (f"the task database is full ({exc}): nothing was written; free disk space "
+                        "(or raise SQLite's max_page_count) and retry")
+            else:
+                text = f"the task database refused the write: {exc}"
+            err: BaseException = StoreError(text)
             err.__cause__ = exc
         else:
             err = exc
@@ -605,11 +610,18 @@ class Store:
             op.future.set_exception(err)
 
     def _attempt(self, batch: list[_Op]) -> tuple[Tx, list[tuple[bool, Any]]]:
+        """Run a batch in one transaction, each operation in a savepoint; commit once.
+
+        The transaction is managed by hand rather than with peewee's ``atomic``:
+        SQLite rolls a transaction back by itself on some errors (a full disk),
+        and ``atomic`` would then answer with "cannot rollback - no transaction
+        is active", hiding the real error.
+        """
         tx = Tx(self)
         outcomes: list[tuple[bool, Any]] = []
-        atomic = self.db.atomic(lock_type="IMMEDIATE") if self.is_sqlite else self.db.atomic()
-        with atomic:
-            execute = self.db.execute_sql
+        execute = self.db.execute_sql
+        execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
+        try:
             for op in batch:
                 mark = len(tx.changes)
                 execute("SAVEPOINT taskmgr_op")
@@ -622,6 +634,13 @@ class Store:
                 execute("RELEASE SAVEPOINT taskmgr_op")
             if self.history_enabled and tx.changes:
                 self._append_history(tx)
+            execute("COMMIT")
+        except BaseException:
+            try:
+                execute("ROLLBACK")
+            except peewee.DatabaseError:  # SQLite already rolled it back
+                pass
+            raise
         return tx, outcomes
 
     def _append_history(self, tx: Tx) -> None:

@@ -152,10 +152,10 @@ def test_an_interrupting_shutdown_hands_running_tasks_back_to_run_again(db_path:
     reader = TaskManager(db_path)
     assert reader.get(tid).status is S.RESTORING
     reader.shutdown()
+    gates.started.pop(tid)  # before the restart: the second run must set a fresh event
     again = TaskManager(db_path, poll_interval=0.05)
     register_test_types(again, gates)
     with again:
-        gates.started.pop(tid)
         gates.wait_started(tid)
         task = again.get(tid)
         assert task.status is S.RUNNING and task.retries == 1
