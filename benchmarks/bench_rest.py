@@ -98,8 +98,8 @@ def main() -> None:
             )
             r = json.loads(out.stdout)
             lat = r["lat"]
-            q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1e3  # noqa: E731
-            print(f"{label:36s} {len(lat) / r['elapsed']:7.0f} req/s  p50 {q(0.5):6.2f} ms  p99 {q(0.99):6.2f} ms  "
+            p50, p99 = (lat[min(len(lat) - 1, int(f * len(lat)))] * 1e3 for f in (0.5, 0.99))
+            print(f"{label:36s} {len(lat) / r['elapsed']:7.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
                   f"mean {statistics.mean(lat) * 1e3:6.2f} ms  non-200: {r['errors']}")
     finally:
         server.terminate()

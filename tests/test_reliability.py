@@ -6,7 +6,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -14,10 +13,8 @@ from peewee import SqliteDatabase
 
 from conftest import WAIT, Gates, register_test_types
 from taskmgr import (
-    InvalidTransition,
     StoreError,
     TaskManager,
-    TaskNotFound,
     TaskStatus,
 )
 from taskmgr.testing import check_history
@@ -50,7 +47,7 @@ def test_a_full_database_refuses_new_work_keeps_outcomes_and_recovers(tmp_path, 
         _set_page_limit(mgr, size + 8)
         acknowledged = []
         with pytest.raises(StoreError, match=r"^the task database is full \(.*\): nothing was written"):
-            for i in range(200):  # bounded: eight pages are gone within a few submissions
+            for _ in range(200):  # bounded: eight pages are gone within a few submissions
                 acknowledged.append(mgr.submit("echo", "x" * 4000, delay=3600))
         stored = mgr.list(limit=-1)  # reads go on
         assert sorted(t.id for t in stored) == sorted([running, *acknowledged])
@@ -94,3 +91,109 @@ def test_a_queued_task_whose_start_cannot_be_written_starts_at_a_later_poll(db_p
         assert mgr.wait(tid, WAIT).status is S.SUCCESS
         assert failures == [tid]
         assert [m.to_status for m in mgr.history(tid)] == [S.NEW, S.QUEUED, S.RUNNING, S.SUCCESS]
+
+
+SOAK = float(os.environ.get("TASKMGR_SOAK_SECONDS", "0"))
+
+
+@pytest.mark.slow
+def test_concurrent_actors_in_several_processes_never_break_the_table_or_lose_a_task(db_path: str) -> None:
+    """Three processes of three threads each race on the same tasks; then every invariant is checked."""
+    import json
+
+    TaskManager(db_path).shutdown()  # create the file before the actors race to
+    seconds = SOAK or 3.0
+    started = time.monotonic()
+    actors = [
+        subprocess.Popen([sys.executable, os.path.join(HERE, "childjobs.py"), "actor", db_path, str(seconds), str(i)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+        for i in range(3)
+    ]
+    reports = []
+    for a in actors:
+        out, err = a.communicate(timeout=seconds + 60)
+        assert a.returncode == 0, err
+        reports.append(json.loads(out))
+    elapsed = time.monotonic() - started
+    unexpected = [e for r in reports for e in r["unexpected"]]
+    assert unexpected == []
+    acked = {i for r in reports for i in r["acked"]}
+    deleted = {i for r in reports for i in r["deleted"]}
+    ops = sum(r["ops"] for r in reports)
+    print(f"\n{ops} operations by 3 processes x 3 threads in {elapsed:.1f} s ({ops / elapsed:.0f}/s), "
+          f"{len(acked)} tasks submitted, {len(deleted)} deleted")
+    mgr = TaskManager(db_path)
+    try:
+        stored = {t.id for t in mgr.list(limit=-1)}
+        assert acked - deleted <= stored, "an acknowledged task was lost"
+        assert not (stored & deleted), "a deleted record came back"
+        last = check_history(mgr.history())
+        assert set(last) == stored
+        for task in mgr.list(limit=-1):
+            assert last[task.id] is task.status
+    finally:
+        mgr.shutdown()
+
+
+KILLS = int(os.environ.get("TASKMGR_SOAK_KILLS", "8"))
+
+
+def _reruns_in_history(moves) -> int:
+    """Re-runs the history shows: each RESTORING that follows a run (crash restore, retry, interrupt)."""
+    count, ran = 0, False
+    for move in moves:
+        if move.to_status is S.RUNNING:
+            ran = True
+        elif move.to_status is S.RESTORING and ran:
+            count, ran = count + 1, False
+    return count
+
+
+@pytest.mark.slow
+def test_a_node_killed_again_and_again_under_load_loses_nothing(db_path: str, tmp_path) -> None:
+    """A child node is SIGKILLed at random moments while another process submits; then everything is checked."""
+    from childjobs import kill_loop_types
+
+    runs_log = str(tmp_path / "runs.log")
+    TaskManager(db_path).shutdown()
+    rnd = random.Random(20261128)
+    submit_seconds = 1.0 + KILLS * 0.5
+    sub = subprocess.Popen([sys.executable, os.path.join(HERE, "childjobs.py"), "submitter", db_path,
+                            str(submit_seconds), "7"], stdout=subprocess.PIPE, text=True, cwd=HERE)
+    kills = 0
+    for _ in range(KILLS):
+        node = subprocess.Popen([sys.executable, os.path.join(HERE, "childjobs.py"), "node", db_path, runs_log],
+                                stdout=subprocess.PIPE, text=True, cwd=HERE)
+        assert node.stdout.readline().strip() == "up"
+        time.sleep(rnd.uniform(0.05, 0.6))  # a random moment: what the test is about, not a wait for a result
+        node.kill()
+        node.wait(WAIT)
+        node.stdout.close()
+        kills += 1
+    out, _ = sub.communicate(timeout=submit_seconds + WAIT)
+    acked = [int(x) for x in out.split()]
+    assert acked, "the submitter acknowledged nothing"
+    final = TaskManager(db_path, workers=4, poll_interval=0.05, max_restores=50)
+    kill_loop_types(final, runs_log)
+    with final:
+        tasks = {tid: final.wait(tid, 60) for tid in acked}
+        history = final.history()
+    print(f"\nsurvived {kills} SIGKILLs; checked {len(acked)} acknowledged tasks "
+          f"({sum(t.status is S.SUCCESS for t in tasks.values())} succeeded, "
+          f"{sum(t.status is S.CANCELLED for t in tasks.values())} cancelled, "
+          f"{sum(t.retries for t in tasks.values())} re-runs)")
+    assert all(t.terminal for t in tasks.values())
+    check_history(history)
+    by_task: dict[int, list] = {}
+    for move in history:
+        by_task.setdefault(move.task_id, []).append(move)
+    for tid, task in tasks.items():
+        moves = by_task[tid]
+        assert task.retries == _reruns_in_history(moves), (tid, task.retries, moves)
+        assert task.retries <= 2 + 50  # max_retries plus restores
+    ended_at = {tid: by_task[tid][-1].at for tid in tasks}
+    with open(runs_log) as f:
+        for line in f:
+            tid, at = map(int, line.split())
+            if tid in ended_at:
+                assert at <= ended_at[tid], f"task {tid} started a run at {at}, after it ended at {ended_at[tid]}"

@@ -12,7 +12,7 @@ import pytest
 falcon = pytest.importorskip("falcon")
 from falcon import testing  # noqa: E402
 
-from conftest import WAIT, Gates, register_test_types  # noqa: E402
+from conftest import WAIT, Gates  # noqa: E402
 from taskmgr import TaskManager, TaskStatus  # noqa: E402
 from taskmgr.rest import create_app  # noqa: E402
 
