@@ -44,6 +44,7 @@ import logging
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import falcon
 
@@ -282,6 +283,23 @@ class BasicAuth:
             )
 
 
+class Utf8Only:
+    """Refuse a path or query string that is not valid UTF-8 once percent-decoded.
+
+    Falcon would decode it leniently (into U+FFFD) and the request would act
+    on a name nobody sent.
+    """
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw_path = req.env.get("PATH_INFO", "").encode("latin-1", "replace")
+        raw_query = req.env.get("QUERY_STRING", "").encode("latin-1", "replace")
+        try:
+            unquote_to_bytes(raw_path).decode("utf-8")
+            unquote_to_bytes(raw_query.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad_request("the request's path or query string is not valid UTF-8") from None
+
+
 class RequestLog:
     """One log line per request: method, path and query, status, milliseconds (never headers)."""
 
@@ -312,6 +330,7 @@ def create_app(
         middleware.append(RequestLog())
     if auth is not None:
         middleware.append(BasicAuth(*auth))
+    middleware.append(Utf8Only())
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True
