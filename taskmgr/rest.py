@@ -43,6 +43,7 @@ import json
 import logging
 import time
 from importlib import resources
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -50,7 +51,8 @@ import falcon
 
 from . import __version__
 from .errors import LimitExceeded, ManagerStateError, StoreError, TaskManagerError, TaskNotFound, UnknownTaskType
-from .manager import DEFAULT_GRAPHSPACE, TaskManager
+from .manager import DEFAULT_GRAPHSPACE, TaskManager, encode_page
+from .task import TaskPage
 
 __all__ = ["create_app", "API_CORE_VERSION"]
 
@@ -152,6 +154,10 @@ class _Resource:
 
 
 class TasksResource(_Resource):
+    #: a list longer than this (or ``limit=-1``) is streamed, fetched this many tasks at a time,
+    #: so a million-task answer never sits in memory whole
+    CHUNK = 500
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, graph: str,
                graphspace: str = DEFAULT_GRAPHSPACE) -> None:
         status = _one(req, "status")
@@ -161,14 +167,41 @@ class TasksResource(_Resource):
         ids = None
         if raw_ids is not None:
             ids = [_task_id(i) for i in (raw_ids if isinstance(raw_ids, list) else [raw_ids])]
-        if page is None:
+            if page is not None:
+                raise _bad_request("ids cannot be combined with status or page: ask for the ids alone")
             tasks = self.manager.list(status=status, limit=limit, graph=graph, graphspace=graphspace, ids=ids)
             resp.media = {"tasks": [t.to_dict() for t in tasks]}
+            return
+        scope: dict[str, Any] = {"status": status, "graph": graph, "graphspace": graphspace}
+        if limit != -1 and limit <= self.CHUNK:
+            found = self.manager.list(limit=limit, page="" if page is None else page, **scope)
+            body: dict[str, Any] = {"tasks": [t.to_dict() for t in found.tasks]}
+            if page is not None:
+                body["page"] = found.next_page
+            resp.media = body
+            return
+        # the first chunk is read now, so that a bad parameter is still answered with a 400
+        first = self.manager.list(limit=self.CHUNK, page="" if page is None else page, **scope)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.stream = self._stream(first, limit, page is not None, scope)
+
+    def _stream(self, found: TaskPage, limit: int, paged: bool, scope: dict[str, Any]) -> Iterator[bytes]:
+        yield b'{"tasks": ['
+        sent = 0
+        while True:
+            tasks = found.tasks if limit == -1 else found.tasks[: limit - sent]
+            if tasks:
+                yield ((b", " if sent else b"") + ", ".join(json.dumps(t.to_dict()) for t in tasks).encode())
+                sent += len(tasks)
+            if found.next_page is None or (limit != -1 and sent >= limit):
+                break
+            want = self.CHUNK if limit == -1 else min(self.CHUNK, limit - sent)
+            found = self.manager.list(limit=want, page=found.next_page, **scope)
+        if paged:
+            after = found.next_page if len(tasks) == len(found.tasks) else encode_page(tasks[-1].id)
+            yield b'], "page": ' + json.dumps(after).encode() + b"}"
         else:
-            if ids is not None:
-                raise _bad_request("ids cannot be combined with status or page: ask for the ids alone")
-            found = self.manager.list(status=status, limit=limit, graph=graph, graphspace=graphspace, page=page)
-            resp.media = {"tasks": [t.to_dict() for t in found.tasks], "page": found.next_page}
+            yield b"]}"
 
 
 class TaskResource(_Resource):

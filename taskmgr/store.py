@@ -218,13 +218,16 @@ class Tx:
     batch's timestamp (epoch ms), shared by every change in it.
     """
 
-    __slots__ = ("store", "now", "changes")
+    __slots__ = ("store", "now", "changes", "deletions")
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.now = now_ms(store.clock)
         #: ``(task_id, from, to)`` of every move made so far in this transaction
         self.changes: list[tuple[int, TaskStatus | str | None, TaskStatus]] = []
+        #: ``(len(changes) at the time, task_id)`` of every deletion: the history of a task
+        #: deleted later in the same transaction must not be written after its deletion
+        self.deletions: list[tuple[int, int]] = []
 
     def row(self, task_id: int) -> dict[str, Any] | None:
         """The stored row as a dict (``status`` left as stored text), or ``None``."""
@@ -325,6 +328,7 @@ class Tx:
         s = self.store
         n = s.Task.delete().where(s.Task.id == task_id).execute()
         s.History.delete().where(s.History.task == task_id).execute()
+        self.deletions.append((len(self.changes), task_id))
         return bool(n)
 
 
@@ -623,13 +627,14 @@ class Store:
         execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
         try:
             for op in batch:
-                mark = len(tx.changes)
+                mark, dmark = len(tx.changes), len(tx.deletions)
                 execute("SAVEPOINT taskmgr_op")
                 try:
                     outcomes.append((True, op.fn(tx, *op.args)))
                 except TaskManagerError as exc:  # refused: undo whatever it wrote
                     execute("ROLLBACK TO SAVEPOINT taskmgr_op")
                     del tx.changes[mark:]
+                    del tx.deletions[dmark:]
                     outcomes.append((False, exc))
                 execute("RELEASE SAVEPOINT taskmgr_op")
             if self.history_enabled and tx.changes:
@@ -648,6 +653,9 @@ class Store:
         p = self.db.param
         row = f"({p}, {p}, {p}, {p})"
         changes = tx.changes
+        if tx.deletions:  # drop the moves of tasks whose record was deleted after them in this batch
+            deleted_at = {tid: pos for pos, tid in tx.deletions}
+            changes = [c for i, c in enumerate(changes) if i >= deleted_at.get(c[0], -1)]
         for i in range(0, len(changes), 200):
             chunk = changes[i : i + 200]
             params: list[Any] = []

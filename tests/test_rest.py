@@ -329,3 +329,26 @@ def test_each_request_is_logged_on_one_line(client, caplog) -> None:
         client.simulate_get(f"{BASE}/tasks?limit=5")
     (line,) = [r.getMessage() for r in caplog.records if r.name == "taskmgr.rest"]
     assert f"GET {BASE}/tasks?limit=5 200 OK" in line
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_long_lists_are_streamed_with_the_same_answer(client, mgr: TaskManager, monkeypatch, chunk: int) -> None:
+    from taskmgr.rest import TasksResource
+
+    ids = mgr.submit_many("echo", range(10))
+    mgr.wait(ids[-1], WAIT)
+    monkeypatch.setattr(TasksResource, "CHUNK", chunk)
+    assert [t["id"] for t in client.simulate_get(f"{BASE}/tasks?limit=-1").json["tasks"]] == ids
+    assert [t["id"] for t in client.simulate_get(f"{BASE}/tasks?limit=7").json["tasks"]] == ids[:7]
+    body = client.simulate_get(f"{BASE}/tasks?limit=4&page=").json
+    seen = [t["id"] for t in body["tasks"]]
+    while body["page"] is not None:
+        body = client.simulate_get(f"{BASE}/tasks", params={"limit": "4", "page": body["page"]}).json
+        seen += [t["id"] for t in body["tasks"]]
+    assert seen == ids
+    whole = client.simulate_get(f"{BASE}/tasks?limit=-1&page=").json
+    assert [t["id"] for t in whole["tasks"]] == ids and whole["page"] is None
+    exact = client.simulate_get(f"{BASE}/tasks?limit=10&page=").json
+    assert len(exact["tasks"]) == 10 and exact["page"] is None
+    _error(client.simulate_get(f"{BASE}/tasks?limit=-1&status=bogus"), 400, "InvalidStatus",
+           STATUS_TEXT.replace("'xyz'", "'bogus'"))

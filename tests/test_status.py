@@ -115,3 +115,28 @@ def test_a_compare_and_set_from_a_stale_status_changes_nothing(store: Store, frm
         for to in TRANSITIONS[stale]:
             assert store.write(lambda tx, stale=stale, to=to: tx.move(tid, stale, to)) is False
     assert store.get(tid).status is frm
+
+
+def test_a_task_moved_then_deleted_in_one_batch_leaves_no_history(store: Store) -> None:
+    """Moves are recorded at the end of a batch; a deletion later in the same batch must win."""
+    tid = _task_in(store, S.QUEUED)
+    other = _task_in(store, S.QUEUED)
+
+    def moved_then_deleted(tx):
+        assert tx.move(tid, S.QUEUED, S.RUNNING)
+        assert tx.move(other, S.QUEUED, S.RUNNING)
+        tx.delete(tid)
+
+    store.write(moved_then_deleted)
+    assert store.history(tid) == []
+    assert [t.to_status for t in store.history(other)][-1] is S.RUNNING
+
+    def deleted_then_recreated_moves(tx):  # a deletion refused by its savepoint leaves the history alone
+        tx.move(other, S.RUNNING, S.SUCCESS)
+        tx.delete(other)
+        raise InvalidTransition(other, S.SUCCESS, S.QUEUED)
+
+    with pytest.raises(InvalidTransition):
+        store.write(deleted_then_recreated_moves)
+    assert store.get(other).status is S.RUNNING
+    assert [t.to_status for t in store.history(other)][-1] is S.RUNNING
