@@ -118,11 +118,24 @@ class PoolExecutor:
 
     def submit(self, fn: Callable[[], None]) -> None:
         with self._lock:
+            if self._closed:
+                return  # shutting down: the manager hands the task back instead
             self._ready.append(fn)
-            if self._draining >= self.workers or self._closed:
+            if self._draining >= self.workers:
                 return
             self._draining += 1
-        self._scheduler.add_job(self._drain, executor=_TASKS)
+            self._add_job(self._drain, executor=_TASKS)
+
+    def _add_job(self, fn: Callable[[], None], **kwargs: object) -> None:
+        """Add an APScheduler job; the caller holds ``self._lock``.
+
+        Holding it is what makes shutdown safe: APScheduler's shutdown keeps
+        its job-store lock while it waits for running jobs, so a job (or the
+        writer thread serving one) that called ``add_job`` then would wait on
+        that lock forever. :meth:`shutdown` marks the executor closed under
+        ``self._lock`` first, so no job is added once it has begun.
+        """
+        self._scheduler.add_job(fn, **kwargs)
 
     def _drain(self) -> None:
         while True:
@@ -143,7 +156,9 @@ class PoolExecutor:
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
-        self._scheduler.add_job(fn, "date", run_date=run_date, executor=_HOUSEKEEPING)
+        with self._lock:
+            if not self._closed:  # a timed call dropped at shutdown: its task was handed back
+                self._add_job(fn, trigger="date", run_date=run_date, executor=_HOUSEKEEPING)
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` ``seconds`` after each run ends: runs never overlap, and a slow run
@@ -153,8 +168,7 @@ class PoolExecutor:
             try:
                 fn()
             finally:
-                if not self._closed:
-                    self.call_at(time.time() + seconds, run)
+                self.call_at(time.time() + seconds, run)
 
         self.call_at(time.time() + seconds, run)
 

@@ -49,6 +49,9 @@ def actor(db: str, seconds: float, seed: int, threads: int = 3) -> None:
 
     from taskmgr import InvalidTransition, TaskNotFound
 
+    import faulthandler
+
+    faulthandler.dump_traceback_later(seconds + 30, exit=True)  # a hang prints every thread's stack
     mgr = TaskManager(db, workers=2, poll_interval=0.05)
 
     @mgr.task("quick", max_retries=1, retry_delay=0.01)
