@@ -18,9 +18,11 @@ the same transaction, and the executor accepts it right after that commit (an
 APScheduler job that can neither be refused nor dropped). A task submitted to
 an idle manager (or resumed by one) is left unowned, NEW or RESTORING, and the
 first started manager whose registry knows its type claims it at its next
-poll. Tasks owned by a node that is gone (its process no longer exists, or it
-stopped sending heartbeats for ``node_timeout`` seconds) are restored by the
-next node to start.
+poll. A node that shuts down hands its queued tasks back the same way
+(RESTORING, unowned). Tasks owned by a node that is gone (its process no
+longer exists, or it stopped sending heartbeats for ``node_timeout`` seconds)
+are restored by the next node to start, or by a live node as soon as its
+heartbeat finds the dead one.
 
 Restore
 =======
