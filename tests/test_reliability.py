@@ -197,3 +197,23 @@ def test_a_node_killed_again_and_again_under_load_loses_nothing(db_path: str, tm
             tid, at = map(int, line.split())
             if tid in ended_at:
                 assert at <= ended_at[tid], f"task {tid} started a run at {at}, after it ended at {ended_at[tid]}"
+
+
+def test_a_write_lock_held_too_long_gives_a_clear_error_and_writes_nothing(db_path: str, gates: Gates) -> None:
+    import sqlite3
+
+    mgr = TaskManager(db_path, busy_timeout=0.1)
+    register_test_types(mgr, gates)
+    kept = mgr.submit("echo", "before")
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with pytest.raises(StoreError, match="the task database stayed locked: another connection held the "
+                                             "write lock through 4 busy timeouts; nothing was written"):
+            mgr.submit("echo", "during")
+        assert [t.id for t in mgr.list()] == [kept]  # and reads go on
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert mgr.submit("echo", "after") > kept
+    mgr.shutdown()
