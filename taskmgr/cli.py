@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from . import __version__, examples
@@ -297,44 +297,25 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
 
 
 # --------------------------------------------------------------------- main
-def _task_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"task id must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"task id must be a positive integer, got {text!r}")
-    return value
+def _int_between(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, else ``what, got '...'``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -2
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"limit must be -1 (no limit) or a non-negative integer, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {text!r}")
-    return value
+_task_id = _int_between(1, 2**63 - 1, "task id must be a positive integer")
+_limit = _int_between(-1, 2**63 - 1, "limit must be -1 (no limit) or a non-negative integer")
+_positive = _int_between(1, 100_000, "must be a positive integer")
+_port = _int_between(0, 65535, "port must be 0 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
