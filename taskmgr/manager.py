@@ -85,7 +85,7 @@ from .errors import (
     WaitTimeout,
 )
 from .executor import Executor, InlineExecutor, PoolExecutor
-from .status import NOT_STARTED, TERMINAL, TaskStatus
+from .status import NOT_STARTED, PREDECESSORS, TERMINAL, TaskStatus
 from .store import Store, Tx, now_ms
 from .task import Task, TaskPage, Transition
 
@@ -100,7 +100,9 @@ DEFAULT_GRAPHSPACE = "DEFAULT"
 DEFAULT_GRAPH = "hugegraph"
 MiB = 1024 * 1024
 _TYPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
-_SUSPENDABLE = frozenset({S.NEW, S.SCHEDULING, S.SCHEDULED, S.QUEUED, S.RESTORING})
+#: what suspend() moves to PENDING: the table's predecessors of PENDING but RUNNING (a running
+#: task goes PENDING only for its own retry, never from outside)
+_SUSPENDABLE = PREDECESSORS[S.PENDING] - {S.RUNNING}
 #: statuses a crashed node may leave that restore acts on
 _RESTORABLE = (S.QUEUED, S.RUNNING, S.SCHEDULING, S.SCHEDULED, S.RESTORING, S.CANCELLING, S.NEW, S.PENDING)
 _PAGE_PREFIX = "taskmgr:"
