@@ -140,6 +140,8 @@ def _encode_json(value: Any, what: str) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"task {what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"task {what} is nested too deeply to be stored as JSON") from None
 
 
 def _check_id(task_id: object) -> int:

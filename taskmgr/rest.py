@@ -266,6 +266,8 @@ class JobsResource(_Resource):
                 value = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
                 raise _bad_request(f"the request body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise _bad_request("the request body is nested too deeply") from None
         tid = self.manager.submit(task_type, value, name=name, graph=graph, graphspace=graphspace)
         resp.status = falcon.HTTP_201
         resp.media = {"task_id": tid}

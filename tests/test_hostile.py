@@ -76,6 +76,15 @@ def test_a_corpus_of_hostile_values_in_every_parameter_gets_4xx_and_changes_noth
     assert set(outcomes) <= {200, 400, 404, 405, 413}
 
 
+def test_a_body_nested_too_deeply_is_a_400_not_a_crash(target, mgr: TaskManager) -> None:
+    client, _ = target
+    before = _snapshot(mgr)
+    resp = client.simulate_post("/graphs/hugegraph/jobs/job", body=b"[" * 200_000 + b"]" * 200_000)
+    assert resp.status_code == 400
+    assert resp.json["message"] == "the request body is nested too deeply"
+    assert _snapshot(mgr) == before
+
+
 def test_graph_names_are_data_not_code(target, mgr: TaskManager) -> None:
     client, _ = target
     evil = "x'; DROP TABLE taskmgr_task; --"

@@ -95,6 +95,13 @@ def test_the_database_file_is_owner_only(mgr: TaskManager, db_path: str) -> None
 
 
 # ----------------------------------------------------------------- bad inputs
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def _snapshot(mgr: TaskManager) -> list[dict]:
     return [t.to_dict() for t in mgr.list(limit=-1)]
 
@@ -105,6 +112,7 @@ def _snapshot(mgr: TaskManager) -> list[dict]:
         (lambda m: m.submit("nope"), UnknownTaskType, "Task type 'nope' is not registered"),
         (lambda m: m.submit("echo", {1, 2}), InvalidArgument, "task input is not JSON-serialisable"),
         (lambda m: m.submit("echo", float("nan")), InvalidArgument, "not JSON-serialisable"),
+        (lambda m: m.submit("echo", _nested(100_000)), InvalidArgument, "task input is nested too deeply"),
         (lambda m: m.submit("echo", name=""), InvalidArgument, "task name must be a non-empty string"),
         (lambda m: m.submit("echo", graph=None), InvalidArgument, "graph must be a non-empty string"),
         (lambda m: m.submit("echo", delay=-1), InvalidArgument, "delay must be a non-negative number"),
