@@ -1,0 +1,136 @@
+"""Scale: reads over a large store, idle memory, and a restart over many interrupted tasks.
+
+Run ``python benchmarks/bench_scale.py`` (``--help`` for the knobs). Prints:
+
+* over ``--tasks`` records (1,000,000 by default) across 10 graphs and all
+  twelve statuses: p50/p99 of ``list(status=..., limit=100)`` with and
+  without a graph, of ``get(id)``, and the time to reach the last page by
+  page tokens;
+* the resident memory of an idle manager over that store, measured in a
+  child process that opens it and lists;
+* the time ``start()`` takes over ``--interrupted`` tasks (100,000) left
+  RUNNING by a node that died, and until all of them are SUCCESS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+from taskmgr import TaskManager, TaskStatus
+
+STATUSES = [s.value for s in TaskStatus]
+
+
+def _fill(path: str, n: int, status_sql: str) -> None:
+    mgr = TaskManager(path, synchronous="OFF")
+    mgr.register("noop", lambda ctx: None)
+    per_graph = n // 10
+    for g in range(10):
+        for start in range(0, per_graph, 100_000):
+            count = min(100_000, per_graph - start)
+            mgr.submit_many("noop", [{"i": start + i} for i in range(count)], graph=f"graph{g}")
+    table = mgr._store.Task._meta.table_name  # set-up only: put the rows where the benchmark needs them
+    mgr._store.db.execute_sql(f"UPDATE {table} SET {status_sql}")
+    mgr.shutdown()
+
+
+def _percentiles(samples: list[float]) -> str:
+    s = sorted(samples)
+    return f"p50 {s[len(s) // 2] * 1e3:7.3f} ms  p99 {s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3:7.3f} ms"
+
+
+def reads(path: str, n: int, samples: int) -> None:
+    mgr = TaskManager(path)
+    rnd = random.Random(1)
+    for label, kwargs in [
+        ("list(status, limit=100)", lambda: {"status": rnd.choice(STATUSES), "limit": 100}),
+        ("list(graph, status, limit=100)",
+         lambda: {"graph": f"graph{rnd.randrange(10)}", "graphspace": "DEFAULT",
+                  "status": rnd.choice(STATUSES), "limit": 100}),
+        ("list(graph, limit=100)", lambda: {"graph": f"graph{rnd.randrange(10)}", "graphspace": "DEFAULT",
+                                            "limit": 100}),
+    ]:
+        times = []
+        for _ in range(samples):
+            args = kwargs()
+            t0 = time.perf_counter()
+            mgr.list(**args)
+            times.append(time.perf_counter() - t0)
+        print(f"{label:34s} {_percentiles(times)}")
+    times = []
+    for _ in range(samples * 10):
+        tid = rnd.randint(1, n)
+        t0 = time.perf_counter()
+        mgr.get(tid)
+        times.append(time.perf_counter() - t0)
+    print(f"{'get(id)':34s} {_percentiles(times)}")
+    t0 = time.perf_counter()
+    token, pages = "", 0
+    while token is not None:
+        token = mgr.list(graph="graph9", graphspace="DEFAULT", status="success", limit=1000, page=token).next_page
+        pages += 1
+    print(f"{'last page by tokens (graph9, success)':34s} {time.perf_counter() - t0:7.3f} s over {pages} pages of 1000")
+    mgr.shutdown()
+
+
+_RSS = """
+import resource, sys
+from taskmgr import TaskManager
+m = TaskManager(sys.argv[1])
+m.list(limit=100); m.get(1)
+for line in open("/proc/self/status"):
+    if line.startswith("VmRSS"):
+        print(int(line.split()[1]) // 1024)
+"""
+
+
+def idle_memory(path: str) -> None:
+    out = subprocess.run([sys.executable, "-c", _RSS, path], capture_output=True, text=True, check=True).stdout
+    print(f"{'idle manager resident memory':34s} {out.strip()} MB")
+
+
+def restart(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "restart.db")
+        _fill(path, n, "status = 'running', owner = 'gone-host:1:dead', ran = 1")
+        mgr = TaskManager(path, workers=4)
+        mgr.register("noop", lambda ctx: None)
+        t0 = time.perf_counter()
+        mgr.start()
+        started = time.perf_counter() - t0
+        for tid in range(1, n + 1):
+            assert mgr.wait(tid, 600).status is TaskStatus.SUCCESS
+        done = time.perf_counter() - t0
+        print(f"{'start() over interrupted tasks':34s} {started:7.2f} s for {n} tasks left RUNNING "
+              f"(all of them SUCCESS {done:.1f} s after start() began)")
+        mgr.shutdown()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=1_000_000)
+    p.add_argument("--interrupted", type=int, default=100_000)
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--db", help="the large store to fill (or reuse); default: a temporary file")
+    args = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="taskmgr-scale-")
+    path = args.db or os.path.join(tmp, "scale.db")
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        _fill(path, args.tasks, "status = CASE id % 12 " + " ".join(
+            f"WHEN {i} THEN '{s}'" for i, s in enumerate(STATUSES)) + " END, owner = 'gone-host:1:dead'")
+        print(f"filled {args.tasks} tasks in {time.perf_counter() - t0:.1f} s")
+    print(f"python {sys.version.split()[0]}, {args.tasks} records, {args.samples} samples per read figure")
+    reads(path, args.tasks, args.samples)
+    idle_memory(path)
+    restart(args.interrupted)
+
+
+if __name__ == "__main__":
+    main()
