@@ -88,20 +88,25 @@ class PoolExecutor:
 
     Submitted callables wait in a FIFO of the executor's own. The pool runs
     at most ``workers`` *drain jobs*, each an APScheduler job that takes
-    callables from the FIFO until it is empty: under load a task costs a
-    deque append, not an APScheduler job (whose bookkeeping costs more than
-    a short task), and a new drain job is added only when a thread is idle.
+    callables from the FIFO until it has stayed empty for :attr:`LINGER`
+    seconds: under a stream of tasks a task costs a deque append, not an
+    APScheduler job (whose bookkeeping costs more than a short task), and a
+    new drain job is added only when no drain is running or waiting.
     """
 
     synchronous = False
+    #: seconds a drain job waits for more work before it gives its thread back
+    LINGER = 0.05
 
     def __init__(self, workers: int = 4) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
         self._ready: deque[Callable[[], None]] = deque()
-        self._draining = 0
+        self._draining = 0  # drain jobs added and not yet returned
+        self._idle = 0  # of those, how many wait for work
         self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
         self._closed = False
         self._scheduler = BackgroundScheduler(
             executors={
@@ -121,10 +126,11 @@ class PoolExecutor:
             if self._closed:
                 return  # shutting down: the manager hands the task back instead
             self._ready.append(fn)
-            if self._draining >= self.workers:
-                return
-            self._draining += 1
-            self._add_job(self._drain, executor=_TASKS)
+            if self._idle:
+                self._work.notify()
+            elif self._draining < self.workers:
+                self._draining += 1
+                self._add_job(self._drain, executor=_TASKS)
 
     def _add_job(self, fn: Callable[[], None], **kwargs: object) -> None:
         """Add an APScheduler job; the caller holds ``self._lock``.
@@ -140,6 +146,12 @@ class PoolExecutor:
     def _drain(self) -> None:
         while True:
             with self._lock:
+                while not self._ready and not self._closed:
+                    self._idle += 1
+                    self._work.wait(self.LINGER)
+                    self._idle -= 1
+                    if not self._ready:
+                        break
                 if not self._ready or self._closed:
                     self._draining -= 1
                     return
@@ -178,6 +190,7 @@ class PoolExecutor:
         with self._lock:
             self._closed = True
             self._ready.clear()
+            self._work.notify_all()
         if self._scheduler.running:
             # APScheduler 3 marks itself stopped before it takes its job-store lock, so a
             # round of job processing still in flight then fails to remove a finished date job
