@@ -209,48 +209,55 @@ class _Op:
 
 
 _STOP = object()
+#: peewee's converter of driver errors into its own classes (what Database.execute_sql wraps each call in)
+_wrap_db_errors = getattr(peewee, "__exception_wrapper__")  # noqa: B009 - a module-private name
 
 
 class Tx:
     """The handle an operation gets: the only way it touches the database.
 
-    All methods run inside the writer's open transaction. ``now`` is the
-    batch's timestamp (epoch ms), shared by every change in it.
+    All methods run inside the writer's open transaction, on one DB-API
+    cursor of the writer's connection: a statement costs the driver's call,
+    not peewee's per-statement wrapping (the writer converts the driver's
+    errors into peewee's once per batch). ``now`` is the batch's timestamp
+    (epoch ms), shared by every change in it.
     """
 
-    __slots__ = ("store", "now", "changes", "deletions")
+    __slots__ = ("store", "now", "changes", "deletions", "_cursor")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cursor: Any) -> None:
         self.store = store
         self.now = now_ms(store.clock)
+        self._cursor = cursor
         #: ``(task_id, from, to)`` of every move made so far in this transaction
         self.changes: list[tuple[int, TaskStatus | str | None, TaskStatus]] = []
         #: ``(len(changes) at the time, task_id)`` of every deletion: the history of a task
         #: deleted later in the same transaction must not be written after its deletion
         self.deletions: list[tuple[int, int]] = []
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement in the transaction and return the cursor."""
+        self._cursor.execute(sql, params)
+        return self._cursor
+
     def row(self, task_id: int) -> dict[str, Any] | None:
         """The stored row as a dict (``status`` left as stored text), or ``None``."""
-        return self.store.row(task_id)
+        found = self.execute(self.store._row_sql, (task_id,)).fetchone()
+        return None if found is None else dict(zip(self.store._row_names, found))
 
     def require(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> dict[str, Any]:
         """The row of ``task_id`` (in that graph, if named).
 
         :raises TaskNotFound: when there is none.
         """
-        row = self.store.row(task_id)
+        row = self.row(task_id)
         if row is None or not _in_scope(row, graphspace, graph):
             raise TaskNotFound(task_id)
         return row
 
     def insert(self, fields: dict[str, Any]) -> int:
         """Insert one task row in status NEW and return its id."""
-        s = self.store
-        fields = dict(fields, status=TaskStatus.NEW.value, created=self.now, updated=self.now)
-        cursor = s.db.execute_sql(s.insert_sql(tuple(fields)), tuple(fields.values()))
-        task_id = int(s.db.last_insert_id(cursor))
-        self.changes.append((task_id, None, TaskStatus.NEW))
-        return task_id
+        return self.insert_many([fields])[0]
 
     def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Insert many NEW rows (all with the same keys) and return their ids in order."""
@@ -269,10 +276,10 @@ class Tx:
                 params.extend(r.values())
                 params.extend(extra)
             if s.returning:
-                cursor = s.db.execute_sql(s.insert_sql(cols, len(chunk), returning=True), params)
+                cursor = self.execute(s.insert_sql(cols, len(chunk), returning=True), params)
                 new = [int(r[0]) for r in cursor.fetchall()]
             else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
-                cursor = s.db.execute_sql(s.insert_sql(cols, len(chunk)), params)
+                cursor = self.execute(s.insert_sql(cols, len(chunk)), params)
                 last = int(cursor.lastrowid)
                 new = list(range(last - len(chunk) + 1, last + 1))
             ids.extend(new)
@@ -289,12 +296,10 @@ class Tx:
         """
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
-        s = self.store
         fields["status"] = to.value
         fields["updated"] = self.now
-        sql = s.update_sql(tuple(fields), by_status=True)
-        cursor = s.db.execute_sql(sql, (*fields.values(), task_id, frm.value))
-        if cursor.rowcount != 1:
+        sql = self.store.update_sql(tuple(fields), by_status=True)
+        if self.execute(sql, (*fields.values(), task_id, frm.value)).rowcount != 1:
             return False
         self.changes.append((task_id, frm, to))
         return True
@@ -307,21 +312,18 @@ class Tx:
         """
         if to is not TaskStatus.UNKNOWN:
             raise InvalidTransition(task_id, stored, to)
-        s = self.store
         fields["status"] = to.value
         fields["updated"] = self.now
-        cursor = s.db.execute_sql(s.update_sql(tuple(fields), by_status=True), (*fields.values(), task_id, stored))
-        if cursor.rowcount != 1:
+        sql = self.store.update_sql(tuple(fields), by_status=True)
+        if self.execute(sql, (*fields.values(), task_id, stored)).rowcount != 1:
             return False
         self.changes.append((task_id, stored, to))
         return True
 
     def update(self, task_id: int, statuses: Collection[TaskStatus], **fields: Any) -> bool:
         """Set columns other than the status, only while the task is in one of ``statuses``."""
-        s = self.store
-        sql = s.update_sql(tuple(fields), by_status=False, n_status=len(statuses))
-        cursor = s.db.execute_sql(sql, (*fields.values(), task_id, *(st.value for st in statuses)))
-        return cursor.rowcount == 1
+        sql = self.store.update_sql(tuple(fields), by_status=False, n_status=len(statuses))
+        return bool(self.execute(sql, (*fields.values(), task_id, *(st.value for st in statuses))).rowcount == 1)
 
     def delete(self, task_id: int) -> bool:
         """Delete a task's row and its history. Returns False when there was no row."""
@@ -621,31 +623,33 @@ class Store:
         and ``atomic`` would then answer with "cannot rollback - no transaction
         is active", hiding the real error.
         """
-        tx = Tx(self)
+        cursor = self.db.cursor()
+        tx = Tx(self, cursor)
         outcomes: list[tuple[bool, Any]] = []
-        execute = self.db.execute_sql
-        execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
-        try:
-            for op in batch:
-                mark, dmark = len(tx.changes), len(tx.deletions)
-                execute("SAVEPOINT taskmgr_op")
-                try:
-                    outcomes.append((True, op.fn(tx, *op.args)))
-                except TaskManagerError as exc:  # refused: undo whatever it wrote
-                    execute("ROLLBACK TO SAVEPOINT taskmgr_op")
-                    del tx.changes[mark:]
-                    del tx.deletions[dmark:]
-                    outcomes.append((False, exc))
-                execute("RELEASE SAVEPOINT taskmgr_op")
-            if self.history_enabled and tx.changes:
-                self._append_history(tx)
-            execute("COMMIT")
-        except BaseException:
+        execute = tx.execute
+        with _wrap_db_errors:  # the driver's errors become peewee's, as execute_sql would make them
+            execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
             try:
-                execute("ROLLBACK")
-            except peewee.DatabaseError:  # SQLite already rolled it back
-                pass
-            raise
+                for op in batch:
+                    mark, dmark = len(tx.changes), len(tx.deletions)
+                    execute("SAVEPOINT taskmgr_op")
+                    try:
+                        outcomes.append((True, op.fn(tx, *op.args)))
+                    except TaskManagerError as exc:  # refused: undo whatever it wrote
+                        execute("ROLLBACK TO SAVEPOINT taskmgr_op")
+                        del tx.changes[mark:]
+                        del tx.deletions[dmark:]
+                        outcomes.append((False, exc))
+                    execute("RELEASE SAVEPOINT taskmgr_op")
+                if self.history_enabled and tx.changes:
+                    self._append_history(tx)
+                execute("COMMIT")
+            except BaseException:
+                try:
+                    execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - SQLite may have rolled it back already (a full disk)
+                    pass
+                raise
         return tx, outcomes
 
     def _append_history(self, tx: Tx) -> None:
@@ -661,7 +665,7 @@ class Store:
             params: list[Any] = []
             for tid, frm, to in chunk:
                 params += (tid, None if frm is None else str(frm), to.value, at)
-            self.db.execute_sql(self._history_sql + ", ".join([row] * len(chunk)), params)
+            tx.execute(self._history_sql + ", ".join([row] * len(chunk)), params)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: str, started: int) -> None:
