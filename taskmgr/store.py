@@ -674,7 +674,9 @@ class Store:
         host, pid = socket.gethostname(), os.getpid()
 
         def op(tx: Tx) -> None:
-            N.insert(node=node, host=host, pid=pid, started=started, heartbeat=tx.now).on_conflict_replace().execute()
+            N.insert(node=node, host=host, pid=pid, started=started, heartbeat=tx.now).on_conflict(
+                conflict_target=[N.node], update={N.host: host, N.pid: pid, N.started: started, N.heartbeat: tx.now}
+            ).execute()
 
         self.write(op)
 

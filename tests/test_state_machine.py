@@ -77,7 +77,7 @@ class TaskManagerMachine(RuleBasedStateMachine):
         self.generation += 1
         gen = self.generation
         self.executor = StepExecutor()
-        self.mgr = TaskManager(self.path, executor=self.executor, synchronous="OFF", max_restores=1000)
+        self.mgr = TaskManager(self.database(), executor=self.executor, max_restores=1000)
 
         def ctl(ctx: TaskContext) -> int:
             run = self.runs.setdefault((gen, ctx.task_id), Run())
@@ -94,6 +94,12 @@ class TaskManagerMachine(RuleBasedStateMachine):
 
         self.mgr.register("ctl", ctl)
         self.mgr.start()
+
+    def database(self) -> object:
+        """What each manager of the machine opens: a SQLite file here; subclasses use other stores."""
+        from peewee import SqliteDatabase
+
+        return SqliteDatabase(self.path, pragmas={"journal_mode": "wal", "synchronous": "off"}, timeout=5)
 
     def _run(self, tid: int) -> Run:
         return self.runs.setdefault((self.generation, tid), Run())

@@ -1,0 +1,111 @@
+"""The same models on a shared PostgreSQL: the table, the state machine, and two nodes racing.
+
+Runs when ``TASKMGR_TEST_PG`` names a database the tests may empty, e.g.
+``postgresql://postgres@127.0.0.1:5433/taskmgr_test`` (``.ci/run`` starts a
+throwaway server and sets it); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections import Counter
+
+import pytest
+
+URL = os.environ.get("TASKMGR_TEST_PG")
+pytestmark = [pytest.mark.skipif(not URL, reason="TASKMGR_TEST_PG is not set"), pytest.mark.slow]
+
+from taskmgr import InvalidTransition, TaskContext, TaskManager, TaskStatus, can_move  # noqa: E402
+from taskmgr.store import Store  # noqa: E402
+from taskmgr.testing import check_history  # noqa: E402
+
+S = TaskStatus
+
+
+def _fresh():
+    from playhouse.db_url import connect
+
+    db = connect(URL)
+    db.execute_sql("DROP TABLE IF EXISTS taskmgr_task, taskmgr_history, taskmgr_node CASCADE")
+    return db
+
+
+@pytest.fixture
+def pg():
+    db = _fresh()
+    yield db
+    db.close()
+
+
+def test_every_pair_of_the_table_on_postgresql(pg) -> None:
+    store = Store(pg)
+    try:
+        for frm, to in itertools.product(S, S):
+            def op(tx, frm=frm):
+                tid = tx.insert({"graphspace": "G", "graph": "g", "type": "t", "name": "n", "callable": "m.f"})
+                tx.execute(f"UPDATE taskmgr_task SET status = %s WHERE id = %s", (frm.value, tid))
+                return tid
+
+            tid = store.write(op)
+            if can_move(frm, to):
+                assert store.write(lambda tx, tid=tid, frm=frm, to=to: tx.move(tid, frm, to))
+                assert store.get(tid).status is to
+            else:
+                with pytest.raises(InvalidTransition):
+                    store.write(lambda tx, tid=tid, frm=frm, to=to: tx.move(tid, frm, to))
+                assert store.get(tid).status is frm
+    finally:
+        store.close()
+
+
+def test_the_state_machine_on_postgresql() -> None:
+    from test_state_machine import TaskManagerMachine
+
+    class OnPostgres(TaskManagerMachine):
+        def __init__(self) -> None:
+            _fresh().close()
+            super().__init__()
+
+        def database(self):
+            from playhouse.db_url import connect
+
+            return connect(URL)
+
+    from hypothesis import HealthCheck, settings
+
+    OnPostgres.TestCase.settings = settings(max_examples=8, stateful_step_count=20, deadline=None,
+                                            suppress_health_check=list(HealthCheck))
+    OnPostgres.TestCase().runTest()
+
+
+def test_two_nodes_on_one_postgresql_run_each_task_exactly_once(pg) -> None:
+    from playhouse.db_url import connect
+
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def setup(mgr: TaskManager) -> None:
+        @mgr.task("count")
+        def count(ctx: TaskContext) -> int:
+            with lock:
+                runs[ctx.task_id] += 1
+            return ctx.task_id
+
+    client = TaskManager(pg)
+    setup(client)
+    nodes = [TaskManager(connect(URL), workers=2, poll_interval=0.02) for _ in range(2)]
+    for node in nodes:
+        setup(node)
+        node.start()
+    try:
+        ids = client.submit_many("count", range(200))  # unowned: the two nodes race to claim them
+        for tid in ids:
+            assert client.wait(tid, 30).status is S.SUCCESS
+        assert runs == Counter({tid: 1 for tid in ids})
+        check_history(client.history())
+    finally:
+        for node in nodes:
+            node.shutdown()
+        client.shutdown()
