@@ -352,3 +352,21 @@ def test_long_lists_are_streamed_with_the_same_answer(client, mgr: TaskManager, 
     assert len(exact["tasks"]) == 10 and exact["page"] is None
     _error(client.simulate_get(f"{BASE}/tasks?limit=-1&status=bogus"), 400, "InvalidStatus",
            STATUS_TEXT.replace("'xyz'", "'bogus'"))
+
+
+def test_a_store_that_cannot_be_written_is_503_and_a_stopped_manager_too(client, mgr: TaskManager, monkeypatch) -> None:
+    from taskmgr import StoreError
+
+    def refuse(*args, **kwargs):
+        raise StoreError("the task database is full (database or disk is full): nothing was written; free disk "
+                         "space (or raise SQLite's max_page_count) and retry")
+
+    monkeypatch.setattr(mgr._store, "write", refuse)
+    resp = client.simulate_post(f"{BASE}/jobs/job", json={"a": 1})
+    assert resp.status_code == 503 and resp.json["exception"] == "StoreError"
+    assert resp.json["message"].startswith("the task database is full")
+    assert client.simulate_get(f"{BASE}/tasks").status_code == 200  # reads go on
+    monkeypatch.undo()
+    mgr.shutdown()
+    resp = client.simulate_get(f"{BASE}/tasks")
+    assert resp.status_code == 503 and resp.json["exception"] == "ManagerStateError"
