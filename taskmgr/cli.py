@@ -1,4 +1,4 @@
-"""The ``taskmgr`` command line: look at and control the tasks in a database file.
+"""The ``taskmgr`` command line: look at, control and serve the tasks in a database file.
 
 ``list``, ``show``, ``cancel`` and ``delete`` open the database as an *idle*
 manager (they run nothing, and never create a database that is not there).
@@ -319,7 +319,7 @@ _port = _int_between(0, 65535, "port must be 0 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskmgr", description="Look at and control the tasks of a taskmgr database.")
+    parser = argparse.ArgumentParser(prog="taskmgr", description="Look at, control and serve the tasks of a taskmgr database.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
