@@ -2,6 +2,7 @@
 
 ``list``, ``show``, ``cancel`` and ``delete`` open the database as an *idle*
 manager (they run nothing, and never create a database that is not there).
+``serve`` runs the REST API of :mod:`taskmgr.rest` on waitress (the main job);
 ``demo`` runs a few example tasks on an embedded database and shows them live.
 Tables are for people; ``--json`` prints the contract's JSON objects for
 scripts. Errors go to stderr with exit status 1 (2 for a bad command line).
