@@ -73,6 +73,13 @@ class Executor(Protocol):
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` on a worker as soon as one is free. Never drops it."""
 
+    def reserve(self, n: int) -> int:
+        """Hold up to ``n`` free workers for calls about to be submitted; return how many are
+        held. An executor that cannot promise a free worker returns 0."""
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` held workers that will not be used."""
+
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         """Run ``fn()`` (on the housekeeping side) at ``when``, seconds since the epoch."""
 
@@ -92,6 +99,11 @@ class PoolExecutor:
     seconds: under a stream of tasks a task costs a deque append, not an
     APScheduler job (whose bookkeeping costs more than a short task), and a
     new drain job is added only when no drain is running or waiting.
+
+    :meth:`reserve` promises a worker to a call before it exists: the manager
+    reserves one, commits a new task straight to RUNNING, then submits it
+    with ``reserved=True``. A worker is free when the callables running,
+    waiting in the FIFO and reserved together number fewer than ``workers``.
     """
 
     synchronous = False
@@ -105,6 +117,8 @@ class PoolExecutor:
         self._ready: deque[Callable[[], None]] = deque()
         self._draining = 0  # drain jobs added and not yet returned
         self._idle = 0  # of those, how many wait for work
+        self._busy = 0  # callables running
+        self._reserved = 0  # workers promised to calls not yet submitted
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._closed = False
@@ -121,8 +135,22 @@ class PoolExecutor:
     def start(self) -> None:
         self._scheduler.start()
 
-    def submit(self, fn: Callable[[], None]) -> None:
+    def reserve(self, n: int) -> int:
         with self._lock:
+            if self._closed:
+                return 0
+            k = max(0, min(n, self.workers - self._busy - self._reserved - len(self._ready)))
+            self._reserved += k
+            return k
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._reserved -= n
+
+    def submit(self, fn: Callable[[], None], reserved: bool = False) -> None:
+        with self._lock:
+            if reserved:
+                self._reserved -= 1
             if self._closed:
                 return  # shutting down: the manager hands the task back instead
             self._ready.append(fn)
@@ -156,10 +184,14 @@ class PoolExecutor:
                     self._draining -= 1
                     return
                 fn = self._ready.popleft()
+                self._busy += 1
             try:
                 fn()
             except Exception:  # the manager's job catches a task's errors; this is a bug
                 log.exception("a task job raised")
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     @property
     def queued(self) -> int:
@@ -242,8 +274,14 @@ class InlineExecutor(ManualTimer):
     def start(self) -> None:
         pass
 
-    def submit(self, fn: Callable[[], None]) -> None:
+    def submit(self, fn: Callable[[], None], reserved: bool = False) -> None:
         fn()
+
+    def reserve(self, n: int) -> int:
+        return 0  # a task submitted here runs on the submitting thread after the commit: queued first
+
+    def release(self, n: int) -> None:
+        pass
 
     def shutdown(self, wait: bool = True) -> None:
         pass

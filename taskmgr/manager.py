@@ -55,6 +55,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import logging
 import os
@@ -106,6 +107,10 @@ _SUSPENDABLE = PREDECESSORS[S.PENDING] - {S.RUNNING}
 #: statuses a crashed node may leave that restore acts on
 _RESTORABLE = (S.QUEUED, S.RUNNING, S.SCHEDULING, S.SCHEDULED, S.RESTORING, S.CANCELLING, S.NEW, S.PENDING)
 _PAGE_PREFIX = "taskmgr:"
+#: the statuses a new task goes through in its submit's transaction
+_PATH_PENDING = (S.NEW, S.PENDING)
+_PATH_QUEUED = (S.NEW, S.QUEUED)
+_PATH_RUNNING = (S.NEW, S.QUEUED, S.RUNNING)
 _MAX_BACKOFF = 3600.0
 
 
@@ -268,6 +273,9 @@ class TaskManager:
         self._running: dict[int, TaskContext] = {}
         self._unsaved: dict[int, _Outcome] = {}
         self._undispatched: set[int] = set()  # queued tasks whose start could not be written
+        self._cancel_lock = threading.Lock()
+        #: tasks of this node cancelled while RUNNING before their worker registered them
+        self._early_cancels: set[int] = set()
         self._done = threading.Condition()
         self._generation = 0
         self._last_heartbeat = 0.0
@@ -361,6 +369,7 @@ class TaskManager:
                     ctx._request_interrupt()
             self._executor.shutdown(wait=wait)
             try:
+                self._retry_unsaved()
                 self._flush_progress()
                 self._store.write(self._release)
                 self._store.remove_node(self.node)
@@ -372,12 +381,17 @@ class TaskManager:
             self._done.notify_all()
 
     def _release(self, tx: Tx) -> None:
-        """Hand back what this node owns but is not running: queued tasks and waiting PENDING ones."""
+        """Hand back what this node owns but is not running: queued tasks, tasks committed RUNNING
+        whose callable never started (their worker was still to pick them up), and waiting
+        PENDING ones."""
         T = self._store.Task
-        running = set(self._running)
+        busy = set(self._running) | set(self._unsaved)
         for tid in self._store.ids_where(T.owner == self.node, T.status == S.QUEUED.value):
-            if tid not in running:
+            if tid not in busy:
                 tx.move(tid, S.QUEUED, S.RESTORING, owner=None)
+        for tid in self._store.ids_where(T.owner == self.node, T.status == S.RUNNING.value):
+            if tid not in busy:
+                tx.move(tid, S.RUNNING, S.RESTORING, owner=None, ran=0)
         T.update(owner=None).where(T.owner == self.node, T.status == S.PENDING.value).execute()
 
     def __enter__(self) -> TaskManager:
@@ -453,6 +467,8 @@ class TaskManager:
         _check_retries(retries, backoff)
         if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0):
             raise InvalidArgument(f"delay must be a non-negative number of seconds, got {delay!r}")
+        run_at = None if delay is None else now_ms(self.clock) + int(delay * 1000)
+        dispatch = self.running
         rows = []
         for value in inputs:
             text = None if value is None else _encode_json(value, "input")
@@ -468,32 +484,51 @@ class TaskManager:
                     "name": name,
                     "callable": spec.callable,
                     "input": text,
-                    "owner": self.node if self.running else None,
+                    "owner": self.node if dispatch else None,
                     "max_retries": retries,
                     "retry_delay": float(backoff),
+                    "run_at": run_at,
+                    "ran": 0,
                 }
             )
         if not rows:
             return []
-        dispatch = self.running
-        run_at = None if delay is None else now_ms(self.clock) + int(delay * 1000)
+        # Tasks for which a worker is free go straight to RUNNING in this same transaction:
+        # no second commit, no hand-off between threads before the callable starts.
+        direct = self._reserve(len(rows)) if dispatch and run_at is None else 0
+        for row in rows[:direct]:
+            row["ran"] = 1
 
         def op(tx: Tx) -> list[int]:
-            ids = tx.insert_many(rows) if len(rows) > 1 else [tx.insert(rows[0])]
-            for tid in ids:
-                if run_at is not None:
-                    tx.move(tid, S.NEW, S.PENDING, run_at=run_at)
-                elif dispatch:
-                    tx.move(tid, S.NEW, S.QUEUED)
+            if run_at is not None:
+                return tx.insert_many(rows, _PATH_PENDING)
+            if not dispatch:
+                return tx.insert_many(rows)
+            ids = tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []
+            if direct < len(rows):
+                ids += tx.insert_many(rows[direct:], _PATH_QUEUED)
             return ids
 
-        ids = self._store.write(op)
+        try:
+            ids = self._store.write(op, savepoint=False)
+        except BaseException:
+            if direct:
+                self._executor.release(direct)
+            raise
         if run_at is not None and dispatch:
             self._executor.call_at(run_at / 1000.0, self._wake_due)
         elif dispatch:
-            for tid in ids:
-                self._dispatch(tid)
+            for i, tid in enumerate(ids):
+                if i < direct:
+                    row = dict(rows[i], id=tid, retries=0, progress=0)
+                    self._executor.submit(functools.partial(self._run, tid, row), reserved=True)
+                else:
+                    self._dispatch(tid)
         return ids
+
+    def _reserve(self, n: int) -> int:
+        reserve = getattr(self._executor, "reserve", None)
+        return 0 if reserve is None else reserve(n)
 
     def _spec(self, task_type: str) -> TaskType:
         spec = self._types.get(task_type) if isinstance(task_type, str) else None
@@ -629,21 +664,25 @@ class TaskManager:
         self._require_open()
         _check_id(task_id)
 
-        def op(tx: Tx) -> TaskStatus:
+        def op(tx: Tx) -> bool:
+            """True when it is now CANCELLING and runs on this node."""
             row = tx.require(task_id, graphspace, graph)
             st = _damaged_to_unknown(tx, row)
             if st in NOT_STARTED:
                 if tx.move(task_id, st, S.CANCELLED, run_at=None):
-                    return S.CANCELLED
+                    return False
             elif st is S.RUNNING:
                 if tx.move(task_id, st, S.CANCELLING):
-                    return S.CANCELLING
+                    return bool(row["owner"] == self.node)
             else:
                 raise CannotCancel(task_id, st)
             raise InvalidTransition(task_id, st, S.CANCELLED)  # lost a race (shared PostgreSQL)
 
-        if self._store.write(op) is S.CANCELLING:
-            ctx = self._running.get(task_id)
+        if self._store.write(op):
+            with self._cancel_lock:
+                ctx = self._running.get(task_id)
+                if ctx is None:  # its worker has not registered it yet: it is told as it does
+                    self._early_cancels.add(task_id)
             if ctx is not None:
                 ctx._request_cancel()
         return True
@@ -839,19 +878,21 @@ class TaskManager:
     def _dispatch(self, task_id: int) -> None:
         self._executor.submit(lambda: self._run(task_id))
 
-    def _run(self, task_id: int) -> None:
-        """The job the executor runs for one queued task."""
+    def _run(self, task_id: int, row: dict[str, Any] | None = None) -> None:
+        """The job the executor runs for one task: a queued one, or (``row`` given) one that its
+        submit's transaction already moved to RUNNING."""
         if self._stopping:
-            return  # left QUEUED: the next start restores it
-        try:
-            row = self._store.write(_op_start, task_id)
-        except StoreError as exc:
-            log.error("could not start task %d (%s); it stays QUEUED and is tried again at the next poll",
-                      task_id, exc)
-            self._undispatched.add(task_id)
-            return
+            return  # left QUEUED (or RUNNING, never started): shutdown hands it back
         if row is None:
-            return  # cancelled, suspended or deleted while queued
+            try:
+                row = self._store.write(_op_start, task_id, savepoint=False)
+            except StoreError as exc:
+                log.error("could not start task %d (%s); it stays QUEUED and is tried again at the next poll",
+                          task_id, exc)
+                self._undispatched.add(task_id)
+                return
+            if row is None:
+                return  # cancelled, suspended or deleted while queued
         spec = self._types[row["type"]]
         ctx = TaskContext(
             task_id,
@@ -863,7 +904,11 @@ class TaskManager:
             retries=row["retries"],
             progress=row["progress"],
         )
-        self._running[task_id] = ctx
+        with self._cancel_lock:
+            self._running[task_id] = ctx
+            if self._early_cancels and task_id in self._early_cancels:
+                self._early_cancels.discard(task_id)
+                ctx._request_cancel()
         try:
             value = spec.fn(ctx)
         except TaskCancelled as exc:
@@ -903,7 +948,7 @@ class TaskManager:
 
     def _finish(self, task_id: int, outcome: _Outcome) -> None:
         try:
-            fut = self._store.write_async(_op_finish, task_id, outcome)
+            fut = self._store.write_async(_op_finish, task_id, outcome, savepoint=False)
         except StoreError:
             self._keep_unsaved(task_id, outcome)
             return
@@ -1070,9 +1115,7 @@ class TaskManager:
 # ----------------------------------------------------------------- operations
 def _op_start(tx: Tx, task_id: int) -> dict[str, Any] | None:
     """QUEUED -> RUNNING; the row to run, or None if the task is no longer queued."""
-    if not tx.move(task_id, S.QUEUED, S.RUNNING, ran=1):
-        return None
-    return tx.row(task_id)
+    return tx.move_returning(task_id, S.QUEUED, S.RUNNING, ran=1)
 
 
 def _op_finish(tx: Tx, task_id: int, outcome: _Outcome) -> bool:

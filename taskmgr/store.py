@@ -47,6 +47,7 @@ import logging
 import os
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -200,12 +201,18 @@ def open_sqlite(path: str | os.PathLike[str], synchronous: str, busy_timeout: fl
 
 
 class _Op:
-    __slots__ = ("fn", "args", "future")
+    __slots__ = ("fn", "args", "future", "savepoint")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], savepoint: bool) -> None:
         self.fn = fn
         self.args = args
         self.future: Future[Any] = Future()
+        self.savepoint = savepoint
+
+
+class _Unguarded(Exception):
+    """An operation declared without a savepoint refused after it had written: the batch is run
+    again, that operation in a savepoint this time."""
 
 
 _STOP = object()
@@ -223,7 +230,7 @@ class Tx:
     (epoch ms), shared by every change in it.
     """
 
-    __slots__ = ("store", "now", "changes", "deletions", "_cursor")
+    __slots__ = ("store", "now", "changes", "deletions", "writes", "_cursor")
 
     def __init__(self, store: Store, cursor: Any) -> None:
         self.store = store
@@ -234,15 +241,22 @@ class Tx:
         #: ``(len(changes) at the time, task_id)`` of every deletion: the history of a task
         #: deleted later in the same transaction must not be written after its deletion
         self.deletions: list[tuple[int, int]] = []
+        #: statements that may have written (any statement run through :meth:`execute` counts)
+        self.writes = 0
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement in the transaction and return the cursor."""
+        self.writes += 1
+        self._cursor.execute(sql, params)
+        return self._cursor
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self._cursor.execute(sql, params)
         return self._cursor
 
     def row(self, task_id: int) -> dict[str, Any] | None:
         """The stored row as a dict (``status`` left as stored text), or ``None``."""
-        found = self.execute(self.store._row_sql, (task_id,)).fetchone()
+        found = self._exec(self.store._row_sql, (task_id,)).fetchone()
         return None if found is None else dict(zip(self.store._row_names, found))
 
     def require(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> dict[str, Any]:
@@ -255,17 +269,32 @@ class Tx:
             raise TaskNotFound(task_id)
         return row
 
-    def insert(self, fields: dict[str, Any]) -> int:
-        """Insert one task row in status NEW and return its id."""
-        return self.insert_many([fields])[0]
+    def insert(self, fields: dict[str, Any], path: Sequence[TaskStatus] = (TaskStatus.NEW,)) -> int:
+        """Insert one task row and return its id (see :meth:`insert_many`)."""
+        return self.insert_many([fields], path)[0]
 
-    def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
-        """Insert many NEW rows (all with the same keys) and return their ids in order."""
+    def insert_many(self, rows: Sequence[dict[str, Any]], path: Sequence[TaskStatus] = (TaskStatus.NEW,)) -> list[int]:
+        """Insert many rows (all with the same keys) and return their ids in order.
+
+        ``path`` is the statuses each new task goes through in this
+        transaction, starting at NEW: the row is written once, in the last
+        one, and the history records every step (a task submitted straight
+        to a free worker is written RUNNING, with NEW -> QUEUED -> RUNNING).
+
+        :raises InvalidTransition: when ``path`` does not start at NEW or
+            takes a step the table does not allow.
+        """
+        if not path or path[0] is not TaskStatus.NEW:
+            raise InvalidTransition(0, None, path[0] if path else TaskStatus.NEW)
+        steps = list(zip(path, path[1:]))
+        for frm, to in steps:
+            if not can_move(frm, to):
+                raise InvalidTransition(0, frm, to)
         if not rows:
             return []
         s = self.store
         cols = tuple(rows[0]) + ("status", "created", "updated")
-        extra = (TaskStatus.NEW.value, self.now, self.now)
+        extra = (path[-1].value, self.now, self.now)
         ids: list[int] = []
         # SQLite caps bound parameters per statement; stay well under it.
         step = max(1, 30000 // len(cols))
@@ -275,15 +304,20 @@ class Tx:
             for r in chunk:
                 params.extend(r.values())
                 params.extend(extra)
+            self.writes += 1
             if s.returning:
-                cursor = self.execute(s.insert_sql(cols, len(chunk), returning=True), params)
+                cursor = self._exec(s.insert_sql(cols, len(chunk), returning=True), params)
                 new = [int(r[0]) for r in cursor.fetchall()]
             else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
-                cursor = self.execute(s.insert_sql(cols, len(chunk)), params)
+                cursor = self._exec(s.insert_sql(cols, len(chunk)), params)
                 last = int(cursor.lastrowid)
                 new = list(range(last - len(chunk) + 1, last + 1))
             ids.extend(new)
-        self.changes.extend((i, None, TaskStatus.NEW) for i in ids)
+        changes = self.changes
+        for i in ids:
+            changes.append((i, None, TaskStatus.NEW))
+            for frm, to in steps:
+                changes.append((i, frm, to))
         return ids
 
     def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> bool:
@@ -299,10 +333,31 @@ class Tx:
         fields["status"] = to.value
         fields["updated"] = self.now
         sql = self.store.update_sql(tuple(fields), by_status=True)
-        if self.execute(sql, (*fields.values(), task_id, frm.value)).rowcount != 1:
+        if self._exec(sql, (*fields.values(), task_id, frm.value)).rowcount != 1:
             return False
+        self.writes += 1
         self.changes.append((task_id, frm, to))
         return True
+
+    def move_returning(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> dict[str, Any] | None:
+        """:meth:`move`, returning the moved row (as :meth:`row` does), or None when nothing moved.
+
+        One statement (``UPDATE ... RETURNING``) where the database has it.
+        """
+        s = self.store
+        if not s.update_returning:
+            return self.row(task_id) if self.move(task_id, frm, to, **fields) else None
+        if not can_move(frm, to):
+            raise InvalidTransition(task_id, frm, to)
+        fields["status"] = to.value
+        fields["updated"] = self.now
+        sql = s.update_sql(tuple(fields), by_status=True) + s._returning_all
+        found = self._exec(sql, (*fields.values(), task_id, frm.value)).fetchone()
+        if found is None:
+            return None
+        self.writes += 1
+        self.changes.append((task_id, frm, to))
+        return dict(zip(s._row_names, found))
 
     def move_from_stored(self, task_id: int, stored: str, to: TaskStatus, **fields: Any) -> bool:
         """Move a row whose stored status is not one of the twelve (a damaged record) to ``to``.
@@ -315,21 +370,26 @@ class Tx:
         fields["status"] = to.value
         fields["updated"] = self.now
         sql = self.store.update_sql(tuple(fields), by_status=True)
-        if self.execute(sql, (*fields.values(), task_id, stored)).rowcount != 1:
+        if self._exec(sql, (*fields.values(), task_id, stored)).rowcount != 1:
             return False
+        self.writes += 1
         self.changes.append((task_id, stored, to))
         return True
 
     def update(self, task_id: int, statuses: Collection[TaskStatus], **fields: Any) -> bool:
         """Set columns other than the status, only while the task is in one of ``statuses``."""
         sql = self.store.update_sql(tuple(fields), by_status=False, n_status=len(statuses))
-        return bool(self.execute(sql, (*fields.values(), task_id, *(st.value for st in statuses))).rowcount == 1)
+        if self._exec(sql, (*fields.values(), task_id, *(st.value for st in statuses))).rowcount != 1:
+            return False
+        self.writes += 1
+        return True
 
     def delete(self, task_id: int) -> bool:
         """Delete a task's row and its history. Returns False when there was no row."""
         s = self.store
         n = s.Task.delete().where(s.Task.id == task_id).execute()
         s.History.delete().where(s.History.task == task_id).execute()
+        self.writes += 1
         self.deletions.append((len(self.changes), task_id))
         return bool(n)
 
@@ -383,6 +443,8 @@ class Store:
         self.history_enabled = history
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
         self.returning = bool(getattr(self.db, "returning_clause", False)) and not self.is_sqlite
+        #: UPDATE ... RETURNING: PostgreSQL, and SQLite from 3.35
+        self.update_returning = not self.is_sqlite or sqlite3.sqlite_version_info >= (3, 35)
         self.Task: Any = _bound(TaskRecord, self.db)
         self.History: Any = _bound(HistoryRecord, self.db)
         self.Node: Any = _bound(NodeRecord, self.db)
@@ -393,6 +455,7 @@ class Store:
             f"SELECT {', '.join(self._quote(f.column_name) for f in fields)} "
             f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')} = {self.db.param}"
         )
+        self._returning_all = f" RETURNING {', '.join(self._quote(f.column_name) for f in fields)}"
         H = self.History._meta
         self._history_sql = (
             f"INSERT INTO {self._quote(H.table_name)} "
@@ -518,15 +581,22 @@ class Store:
         """Call ``fn(changes)`` after each commit with the ``(task_id, from, to)`` it made durable."""
         self._listeners.append(fn)
 
-    def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(tx, *args)`` in a write transaction; return its result once committed."""
-        return self.write_async(fn, *args).result()
+    def write(self, fn: Callable[..., T], *args: Any, savepoint: bool = True) -> T:
+        """Run ``fn(tx, *args)`` in a write transaction; return its result once committed.
 
-    def write_async(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        ``savepoint=False`` is for an operation that refuses (raises a
+        :class:`~taskmgr.errors.TaskManagerError`) only before its first
+        write: it then runs without a savepoint of its own, two statements
+        fewer. One that breaks that promise costs its batch a second run,
+        with the savepoint.
+        """
+        return self.write_async(fn, *args, savepoint=savepoint).result()
+
+    def write_async(self, fn: Callable[..., T], *args: Any, savepoint: bool = True) -> Future[T]:
         """Queue ``fn(tx, *args)`` for the writer; the future resolves after the commit."""
         if self._closed:
             raise StoreError("the task store is closed")
-        op = _Op(fn, args)
+        op = _Op(fn, args, savepoint)
         if self._thread is None:
             with self._sync_lock:
                 self._run_batch([op])
@@ -566,6 +636,8 @@ class Store:
             try:
                 tx, outcomes = self._attempt(batch)
                 break
+            except _Unguarded:
+                continue  # the guilty operation now has its savepoint
             except peewee.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     attempt += 1
@@ -626,12 +698,21 @@ class Store:
         cursor = self.db.cursor()
         tx = Tx(self, cursor)
         outcomes: list[tuple[bool, Any]] = []
-        execute = tx.execute
+        execute = tx._exec
         with _wrap_db_errors:  # the driver's errors become peewee's, as execute_sql would make them
             execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
             try:
                 for op in batch:
-                    mark, dmark = len(tx.changes), len(tx.deletions)
+                    mark, dmark, wmark = len(tx.changes), len(tx.deletions), tx.writes
+                    if not op.savepoint:
+                        try:
+                            outcomes.append((True, op.fn(tx, *op.args)))
+                        except TaskManagerError as exc:
+                            if tx.writes != wmark:
+                                op.savepoint = True  # it wrote before refusing: only a savepoint undoes that
+                                raise _Unguarded() from exc
+                            outcomes.append((False, exc))
+                        continue
                     execute("SAVEPOINT taskmgr_op")
                     try:
                         outcomes.append((True, op.fn(tx, *op.args)))
@@ -665,7 +746,7 @@ class Store:
             params: list[Any] = []
             for tid, frm, to in chunk:
                 params += (tid, None if frm is None else str(frm), to.value, at)
-            tx.execute(self._history_sql + ", ".join([row] * len(chunk)), params)
+            tx._exec(self._history_sql + ", ".join([row] * len(chunk)), params)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: str, started: int) -> None:

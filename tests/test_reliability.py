@@ -69,7 +69,10 @@ def test_a_full_database_refuses_new_work_keeps_outcomes_and_recovers(tmp_path, 
 
 def test_a_queued_task_whose_start_cannot_be_written_starts_at_a_later_poll(db_path: str, gates: Gates,
                                                                               monkeypatch) -> None:
-    """Fault injection: the first write of QUEUED -> RUNNING fails as a full disk would."""
+    """Fault injection: the first write of QUEUED -> RUNNING fails as a full disk would.
+
+    The only worker is held by a gate task, so the echo task waits QUEUED (a task
+    submitted while a worker is free is written RUNNING by its submit instead)."""
     import peewee
 
     from taskmgr import manager as manager_module
@@ -84,10 +87,14 @@ def test_a_queued_task_whose_start_cannot_be_written_starts_at_a_later_poll(db_p
         return real_start(tx, task_id)
 
     monkeypatch.setattr(manager_module, "_op_start", failing_once)
-    mgr = TaskManager(db_path, poll_interval=0.05)
+    mgr = TaskManager(db_path, workers=1, poll_interval=0.05)
     register_test_types(mgr, gates)
     with mgr:
+        blocker = mgr.submit("gate")
+        gates.wait_started(blocker)
         tid = mgr.submit("echo", "eventually")
+        assert mgr.get(tid).status is S.QUEUED
+        gates.release.set()
         assert mgr.wait(tid, WAIT).status is S.SUCCESS
         assert failures == [tid]
         assert [m.to_status for m in mgr.history(tid)] == [S.NEW, S.QUEUED, S.RUNNING, S.SUCCESS]
