@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, List as _List, Literal, TypeVar, overload  # noqa: UP035 - TaskManager.list shadows list
 
-from peewee import Database
+from peewee import SQL, Database
 
 from .context import TaskContext
 from .errors import (
@@ -255,7 +255,7 @@ class TaskManager:
             synchronous=synchronous,
             busy_timeout=busy_timeout,
             history=history,
-            writer_thread=not self._executor.synchronous,
+            group_commit=not self._executor.synchronous,
             clock=clock,
         )
         self._store.add_listener(self._on_commit)
@@ -947,20 +947,17 @@ class TaskManager:
         return _Outcome(S.FAILED, text, ctx.progress)
 
     def _finish(self, task_id: int, outcome: _Outcome) -> None:
-        try:
-            fut = self._store.write_async(_op_finish, task_id, outcome, savepoint=False)
-        except StoreError:
-            self._keep_unsaved(task_id, outcome)
-            return
-
-        def done(f: Any) -> None:
+        def done(ok: bool, value: Any) -> None:
             self._running.pop(task_id, None)
-            if f.exception() is not None:
+            if not ok:
                 self._keep_unsaved(task_id, outcome)
-            elif outcome.status is S.PENDING and f.result():
+            elif outcome.status is S.PENDING and value:
                 self._executor.call_at(outcome.run_at / 1000.0, self._wake_due)  # type: ignore[operator]
 
-        fut.add_done_callback(done)
+        try:
+            self._store.write_async(_op_finish, task_id, outcome, savepoint=False, callback=done)
+        except StoreError:
+            self._keep_unsaved(task_id, outcome)
 
     def _keep_unsaved(self, task_id: int, outcome: _Outcome) -> None:
         log.error("could not record the outcome of task %d (%s); it is kept in memory and written at the "
@@ -1028,7 +1025,7 @@ class TaskManager:
         now = now_ms(self.clock)
         while True:
             ids = self._store.ids_where(
-                T.status == S.PENDING.value,
+                T.status == SQL(f"'{S.PENDING.value}'"),  # a literal: the partial index's condition
                 T.run_at <= now,
                 (T.owner == self.node) | T.owner.is_null(),
                 limit=500,

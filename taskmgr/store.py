@@ -43,15 +43,15 @@ deterministic mode behind the inline executor.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
-import queue
 import socket
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import peewee
@@ -68,7 +68,13 @@ from peewee import (
     TextField,
 )
 
-from .errors import InvalidArgument, InvalidTransition, StoreError, TaskManagerError, TaskNotFound
+from .errors import (
+    InvalidArgument,
+    InvalidTransition,
+    StoreError,
+    TaskManagerError,
+    TaskNotFound,
+)
 from .status import TaskStatus, can_move
 from .task import Task, Transition
 
@@ -133,8 +139,8 @@ class TaskRecord(Model):
             (("graphspace", "graph", "status", "id"), False),
             (("graphspace", "graph", "id"), False),
             (("status", "id"), False),
-            (("status", "run_at"), False),
         )
+        # and, made by Store: (run_at) WHERE status = 'PENDING' (see PENDING_INDEX)
 
 
 class HistoryRecord(Model):
@@ -165,6 +171,13 @@ class NodeRecord(Model):
 
 
 _MODELS: tuple[type[Model], ...] = (TaskRecord, HistoryRecord, NodeRecord)
+
+#: A partial index: only PENDING tasks wait for a time, and only their rows are in it, so a
+#: status change of any other task does not touch it (an index on (status, run_at) held every
+#: row and cost each commit of a stream of short tasks about a fifth of its time). A query
+#: uses it only when it says ``status = 'PENDING'`` literally, not as a bound parameter.
+PENDING_INDEX = "taskmgr_task_pending_run_at"
+_OLD_INDEXES = ("taskrecord_status_run_at",)  # made by earlier versions; replaced by PENDING_INDEX
 
 
 def _bound(model: type[Model], db: Database) -> type[Model]:
@@ -201,13 +214,35 @@ def open_sqlite(path: str | os.PathLike[str], synchronous: str, busy_timeout: fl
 
 
 class _Op:
-    __slots__ = ("fn", "args", "future", "savepoint")
+    """One queued operation, and once its batch is over, its outcome."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], savepoint: bool) -> None:
+    __slots__ = ("fn", "args", "savepoint", "callback", "event", "at", "ok", "value")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], savepoint: bool,
+                 callback: Callable[[bool, Any], None] | None = None) -> None:
         self.fn = fn
         self.args = args
-        self.future: Future[Any] = Future()
         self.savepoint = savepoint
+        self.callback = callback
+        self.event: threading.Event | None = None  # set for a caller that waits on another's commit
+        self.at = 0.0  # when an asynchronous one was queued (monotonic)
+        self.ok: bool | None = None  # None until its batch is over
+        self.value: Any = None
+
+    def resolve(self, ok: bool, value: Any) -> None:
+        self.ok, self.value = ok, value
+        if self.event is not None:
+            self.event.set()
+        if self.callback is not None:
+            try:
+                self.callback(ok, value)
+            except Exception:  # pragma: no cover - a callback bug must not break the batch's other callers
+                log.exception("task store callback failed")
+
+    def result(self) -> Any:
+        if self.ok:
+            return self.value
+        raise self.value
 
 
 class _Unguarded(Exception):
@@ -215,7 +250,6 @@ class _Unguarded(Exception):
     again, that operation in a savepoint this time."""
 
 
-_STOP = object()
 #: peewee's converter of driver errors into its own classes (what Database.execute_sql wraps each call in)
 _wrap_db_errors = getattr(peewee, "__exception_wrapper__")  # noqa: B009 - a module-private name
 
@@ -286,7 +320,7 @@ class Tx:
         """
         if not path or path[0] is not TaskStatus.NEW:
             raise InvalidTransition(0, None, path[0] if path else TaskStatus.NEW)
-        steps = list(zip(path, path[1:]))
+        steps = list(itertools.pairwise(path))
         for frm, to in steps:
             if not can_move(frm, to):
                 raise InvalidTransition(0, frm, to)
@@ -409,8 +443,8 @@ class Store:
         crash of the process, may lose the last commits on power loss).
     :param busy_timeout: seconds a connection waits for another's write lock.
     :param history: keep the table of every status change.
-    :param writer_thread: run writes on a group-commit thread (the default) or
-        synchronously on the calling thread.
+    :param group_commit: share transactions between concurrent writers (the
+        default), or run each write alone, at once, on the calling thread.
     :param clock: the time source, seconds since the epoch.
     """
 
@@ -418,6 +452,10 @@ class Store:
     LOCK_RETRIES = 3
     #: most operations in one transaction
     MAX_BATCH = 2048
+    #: seconds an asynchronous write waits for another write to share its commit
+    LINGER = 0.001
+    #: seconds without writes after which the flusher waits to be woken instead of looking
+    FLUSHER_IDLE = 0.1
 
     def __init__(
         self,
@@ -426,7 +464,7 @@ class Store:
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
         history: bool = True,
-        writer_thread: bool = True,
+        group_commit: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(database, Database):
@@ -463,16 +501,31 @@ class Store:
             "VALUES "
         )
         try:
-            self.db.create_tables([self.Task, self.History, self.Node], safe=True)
+            with self.db.atomic():
+                self.db.create_tables([self.Task, self.History, self.Node], safe=True)
+                table = self._quote(self.Task._meta.table_name)
+                self.db.execute_sql(
+                    f"CREATE INDEX IF NOT EXISTS {self._quote(PENDING_INDEX)} ON {table} ({self._col('run_at')}) "
+                    f"WHERE {self._col('status')} = '{TaskStatus.PENDING.value}'"
+                )
+                for old in _OLD_INDEXES:
+                    self.db.execute_sql(f"DROP INDEX IF EXISTS {self._quote(old)}")
         except peewee.DatabaseError as exc:
             raise StoreError(f"cannot open the task store at {self.db.database!r}: {exc}") from exc
         self._closed = False
         self._sync_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        if writer_thread:
-            self._thread = threading.Thread(target=self._writer_loop, name="taskmgr-writer", daemon=True)
-            self._thread.start()
+        self._group = group_commit
+        self._mu = threading.Lock()  # guards the queue and the leader's flag
+        self._wake = threading.Condition(self._mu)  # wakes the flusher
+        self._pending: deque[_Op] = deque()
+        self._sync_pending = 0  # queued operations whose caller waits
+        self._leading = False
+        self._leader: int | None = None  # the leading thread's ident
+        self._flusher_idle = False
+        self._flusher: threading.Thread | None = None
+        if group_commit:
+            self._flusher = threading.Thread(target=self._flusher_loop, name="taskmgr-flusher", daemon=True)
+            self._flusher.start()
 
     # ------------------------------------------------------------------ SQL
     def _quote(self, name: str) -> str:
@@ -590,42 +643,120 @@ class Store:
         fewer. One that breaks that promise costs its batch a second run,
         with the savepoint.
         """
-        return self.write_async(fn, *args, savepoint=savepoint).result()
-
-    def write_async(self, fn: Callable[..., T], *args: Any, savepoint: bool = True) -> Future[T]:
-        """Queue ``fn(tx, *args)`` for the writer; the future resolves after the commit."""
+        op = _Op(fn, args, savepoint)
         if self._closed:
             raise StoreError("the task store is closed")
-        op = _Op(fn, args, savepoint)
-        if self._thread is None:
+        if not self._group:
             with self._sync_lock:
                 self._run_batch([op])
+            return op.result()  # type: ignore[no-any-return]
+        if self._leader is threading.get_ident():  # a callback of the batch just committed writes again
+            self._run_batch([op])
+            return op.result()  # type: ignore[no-any-return]
+        with self._mu:
+            self._pending.append(op)
+            self._sync_pending += 1
+            lead = not self._leading
+            if lead:
+                self._leading = True
+            else:
+                op.event = threading.Event()
+        if lead:
+            self._lead()
         else:
-            self._queue.put(op)
-        return op.future
+            op.event.wait()  # type: ignore[union-attr]
+        return op.result()  # type: ignore[no-any-return]
 
-    def _writer_loop(self) -> None:
-        get = self._queue.get
-        get_nowait = self._queue.get_nowait
+    def write_async(
+        self, fn: Callable[..., Any], *args: Any, savepoint: bool = True,
+        callback: Callable[[bool, Any], None] | None = None,
+    ) -> None:
+        """Queue ``fn(tx, *args)`` without waiting for it. After its batch is over,
+        ``callback(ok, value)`` gets the result (``ok``) or the exception (not ``ok``).
+
+        It is committed with the next :meth:`write` of any thread, or after
+        :attr:`LINGER` seconds by the store's flusher thread: an outcome that
+        nobody waits for does not cost a commit of its own while others are
+        writing.
+        """
+        op = _Op(fn, args, savepoint, callback)
+        if self._closed:
+            raise StoreError("the task store is closed")
+        if not self._group:
+            with self._sync_lock:
+                self._run_batch([op])
+            return
+        op.at = time.monotonic()
+        with self._mu:
+            self._pending.append(op)
+            if self._flusher_idle:
+                self._wake.notify()
+
+    def _lead(self, force: bool = False) -> None:
+        """Run batches until no caller is waiting (with ``force``, until nothing is queued).
+
+        Called by the thread that set ``_leading``; clears it on the way out.
+        Asynchronous operations left queued are the flusher's.
+        """
+        self._leader = threading.get_ident()
+        batch: list[_Op] = []
         try:
             while True:
-                item = get()
-                if item is _STOP:
-                    return
-                batch = [item]
-                stop = False
-                while len(batch) < self.MAX_BATCH:
-                    try:
-                        item = get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
+                with self._mu:
+                    if not self._pending or not (self._sync_pending or force):
+                        self._leading = False
+                        self._leader = None
+                        if self._pending and self._flusher_idle:
+                            self._wake.notify()
+                        return
+                    n = min(len(self._pending), self.MAX_BATCH)
+                    batch = [self._pending.popleft() for _ in range(n)]
+                    self._sync_pending -= sum(1 for op in batch if op.at == 0.0)
                 self._run_batch(batch)
-                if stop:
-                    return
+                batch = []
+        except BaseException as exc:  # the leader was interrupted (KeyboardInterrupt): fail its batch, let go
+            for op in batch:
+                if op.ok is None:
+                    op.resolve(False, StoreError(f"the write was interrupted: {exc!r}"))
+            with self._mu:
+                self._leading = False
+                self._leader = None
+                if self._pending:  # hand the rest to the flusher: it leads whatever is queued
+                    self._wake.notify()
+            raise
+
+    def _flusher_loop(self) -> None:
+        """Commit asynchronous operations nobody else committed within :attr:`LINGER` seconds.
+
+        Woken by the first such operation after a quiet spell, it then looks
+        every :attr:`LINGER` seconds, without being woken, until the queue has
+        stayed empty for :attr:`FLUSHER_IDLE` seconds: under a stream of
+        tasks an outcome costs a deque append, not a thread wake-up.
+        """
+        quiet_since = time.monotonic()
+        try:
+            while True:
+                lead = False
+                with self._mu:
+                    now = time.monotonic()
+                    if self._pending and not self._leading:
+                        first = self._pending[0]
+                        if self._closed or first.at == 0.0 or now - first.at >= self.LINGER:
+                            self._leading = lead = True
+                    if self._pending:
+                        quiet_since = now
+                    elif self._closed:
+                        return
+                    elif now - quiet_since >= self.FLUSHER_IDLE:
+                        self._flusher_idle = True
+                        self._wake.wait()
+                        self._flusher_idle = False
+                        quiet_since = time.monotonic()
+                        continue
+                if lead:
+                    self._lead(force=True)
+                else:
+                    time.sleep(self.LINGER)
         finally:
             if not self.db.is_closed():
                 self.db.close()
@@ -654,10 +785,7 @@ class Store:
             except Exception as exc:  # a database error or a bug: find the guilty operation
                 return self._split_or_fail(batch, exc)
         for op, (ok, value) in zip(batch, outcomes):
-            if ok:
-                op.future.set_result(value)
-            else:
-                op.future.set_exception(value)
+            op.resolve(ok, value)
         if tx.changes:
             for listener in self._listeners:
                 try:
@@ -685,7 +813,7 @@ class Store:
     @staticmethod
     def _fail(batch: list[_Op], err: BaseException) -> None:
         for op in batch:
-            op.future.set_exception(err)
+            op.resolve(False, err)
 
     def _attempt(self, batch: list[_Op]) -> tuple[Tx, list[tuple[bool, Any]]]:
         """Run a batch in one transaction, each operation in a savepoint; commit once.
@@ -795,9 +923,10 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
+        if self._flusher is not None:
+            with self._mu:
+                self._wake.notify()
+            self._flusher.join()  # it commits what is still queued, then stops
         if self._owns_db and not self.db.is_closed():
             self.db.close()
 

@@ -23,13 +23,31 @@ S = TaskStatus
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+class SizeLimitedDatabase(SqliteDatabase):
+    """A disk that fills up on request: SQLite's max_page_count is a setting of each connection,
+    and whichever thread leads a commit writes on its own, so every cursor handed out first
+    brings its connection's limit up to date."""
+
+    max_pages = 1_000_000_000
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits: dict[int, tuple[object, int]] = {}  # id(connection) -> (connection, its limit)
+
+    def cursor(self, *args, **kwargs):
+        conn = self.connection()
+        if self.limits.get(id(conn), (None, None))[1] != self.max_pages:
+            conn.execute(f"PRAGMA max_page_count = {self.max_pages}")
+            self.limits[id(conn)] = (conn, self.max_pages)  # held: an id is not reused while it lives
+        return super().cursor(*args, **kwargs)
+
+
 def _set_page_limit(mgr: TaskManager, pages: int) -> None:
-    """SQLite's max_page_count is per connection: set it on the connection that writes."""
-    mgr._store.write(lambda tx: tx.store.db.execute_sql(f"PRAGMA max_page_count = {pages}"))
+    mgr._store.db.max_pages = pages
 
 
 def test_a_full_database_refuses_new_work_keeps_outcomes_and_recovers(tmp_path, gates: Gates) -> None:
-    db = SqliteDatabase(str(tmp_path / "small.db"), pragmas={"journal_mode": "wal"}, timeout=5)
+    db = SizeLimitedDatabase(str(tmp_path / "small.db"), pragmas={"journal_mode": "wal"}, timeout=5)
     mgr = TaskManager(db, poll_interval=0.05)
     register_test_types(mgr, gates)
 
