@@ -30,6 +30,10 @@ from .errors import InvalidArgument, TaskCancelled, TaskInterrupted
 
 __all__ = ["TaskContext"]
 
+#: guards the lazy creation of a context's wake-up event (most callables never sleep: an event
+#: per task cost more than a no-op callable)
+_WAKE_LOCK = threading.Lock()
+
 
 class TaskContext:
     """Handed to a task's callable as its only argument.
@@ -79,7 +83,7 @@ class TaskContext:
         self.retries = retries
         self._progress = progress
         self._saved_progress = progress
-        self._wake = threading.Event()  # set by a cancel or an interrupt
+        self._wake: threading.Event | None = None  # made by the first sleep; set by a cancel or an interrupt
         self._cancel_requested = False
         self._interrupt_requested = False
 
@@ -122,7 +126,7 @@ class TaskContext:
         :raises TaskCancelled: when the task was cancelled.
         :raises TaskInterrupted: when the manager is shutting down.
         """
-        if self._wake.is_set():
+        if self._cancel_requested or self._interrupt_requested:
             self._raise()
 
     def sleep(self, seconds: float) -> None:
@@ -131,10 +135,24 @@ class TaskContext:
         :raises TaskCancelled: when cancellation is requested before or during the sleep.
         :raises TaskInterrupted: when an interrupting shutdown is.
         """
-        if seconds < 0:
-            raise InvalidArgument(f"sleep needs a non-negative number of seconds, got {seconds!r}")
-        if self._wake.wait(seconds):
+        if self.wait(seconds):
             self._raise()
+
+    def wait(self, seconds: float) -> bool:
+        """Like :meth:`sleep`, but without raising: True when it woke (or never slept) because
+        the task was cancelled or interrupted, False when ``seconds`` passed. For a callable
+        that stops in its own way (cleans up, returns a partial result)."""
+        if seconds < 0:
+            raise InvalidArgument(f"a wait needs a non-negative number of seconds, got {seconds!r}")
+        wake = self._wake
+        if wake is None:
+            with _WAKE_LOCK:  # a cancel that comes now either sees the event or came before the check below
+                wake = self._wake
+                if wake is None:
+                    wake = self._wake = threading.Event()
+                    if self._cancel_requested or self._interrupt_requested:
+                        wake.set()
+        return wake.wait(seconds)
 
     def _raise(self) -> None:
         if self._cancel_requested:
@@ -143,11 +161,16 @@ class TaskContext:
 
     def _request_cancel(self) -> None:
         self._cancel_requested = True
-        self._wake.set()
+        self._wake_sleeper()
 
     def _request_interrupt(self) -> None:
         self._interrupt_requested = True
-        self._wake.set()
+        self._wake_sleeper()
+
+    def _wake_sleeper(self) -> None:
+        with _WAKE_LOCK:
+            if self._wake is not None:
+                self._wake.set()
 
     def __repr__(self) -> str:
         return f"<TaskContext task_id={self.task_id} type={self.task_type!r} progress={self._progress}>"

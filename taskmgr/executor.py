@@ -33,9 +33,9 @@ import datetime as _dt
 import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -96,9 +96,9 @@ class PoolExecutor:
     Submitted callables wait in a FIFO of the executor's own. The pool runs
     at most ``workers`` *drain jobs*, each an APScheduler job that takes
     callables from the FIFO until it has stayed empty for :attr:`LINGER`
-    seconds: under a stream of tasks a task costs a deque append, not an
+    seconds: under a stream of tasks a task costs a queue put, not an
     APScheduler job (whose bookkeeping costs more than a short task), and a
-    new drain job is added only when no drain is running or waiting.
+    new drain job is added only when calls outnumber the drains waiting.
 
     :meth:`reserve` promises a worker to a call before it exists: the manager
     reserves one, commits a new task straight to RUNNING, then submits it
@@ -114,13 +114,14 @@ class PoolExecutor:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
-        self._ready: deque[Callable[[], None]] = deque()
+        # A C-level queue: a worker waiting on it costs a semaphore, not a threading.Condition
+        # (whose Python-level waiter bookkeeping cost more than a no-op task).
+        self._ready: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._draining = 0  # drain jobs added and not yet returned
-        self._idle = 0  # of those, how many wait for work
+        self._waiting = 0  # of those, how many wait for work
         self._busy = 0  # callables running
         self._reserved = 0  # workers promised to calls not yet submitted
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # guards the counters and the closed flag
         self._closed = False
         self._scheduler = BackgroundScheduler(
             executors={
@@ -139,7 +140,7 @@ class PoolExecutor:
         with self._lock:
             if self._closed:
                 return 0
-            k = max(0, min(n, self.workers - self._busy - self._reserved - len(self._ready)))
+            k = max(0, min(n, self.workers - self._busy - self._reserved - self._ready.qsize()))
             self._reserved += k
             return k
 
@@ -153,12 +154,14 @@ class PoolExecutor:
                 self._reserved -= 1
             if self._closed:
                 return  # shutting down: the manager hands the task back instead
-            self._ready.append(fn)
-            if self._idle:
-                self._work.notify()
-            elif self._draining < self.workers:
-                self._draining += 1
-                self._add_job(self._drain, executor=_TASKS)
+            self._ready.put(fn)
+            self._add_drain_if_short()
+
+    def _add_drain_if_short(self) -> None:
+        """Add a drain job when calls outnumber the drains waiting for them (caller holds the lock)."""
+        if self._ready.qsize() > self._waiting and self._draining < self.workers:
+            self._draining += 1
+            self._add_job(self._drain, executor=_TASKS)
 
     def _add_job(self, fn: Callable[[], None], **kwargs: object) -> None:
         """Add an APScheduler job; the caller holds ``self._lock``.
@@ -172,31 +175,42 @@ class PoolExecutor:
         self._scheduler.add_job(fn, **kwargs)
 
     def _drain(self) -> None:
+        get = self._ready.get
+        lock = self._lock
+        with lock:
+            self._waiting += 1
         while True:
-            with self._lock:
-                while not self._ready and not self._closed:
-                    self._idle += 1
-                    self._work.wait(self.LINGER)
-                    self._idle -= 1
-                    if not self._ready:
-                        break
-                if not self._ready or self._closed:
+            try:
+                fn = get(timeout=self.LINGER)
+            except queue.Empty:
+                with lock:
+                    if self._ready.empty() or self._closed:  # else a call came as the wait ended
+                        self._waiting -= 1
+                        self._draining -= 1
+                        return
+                continue
+            with lock:
+                self._waiting -= 1
+                if fn is None or self._closed:  # None: shutdown's wake-up
                     self._draining -= 1
                     return
-                fn = self._ready.popleft()
                 self._busy += 1
+                # a call submitted while this drain counted as waiting may have found no drain
+                # to add: look again now that this one is busy
+                self._add_drain_if_short()
             try:
                 fn()
             except Exception:  # the manager's job catches a task's errors; this is a bug
                 log.exception("a task job raised")
             finally:
-                with self._lock:
+                with lock:
                     self._busy -= 1
+                    self._waiting += 1
 
     @property
     def queued(self) -> int:
         """Callables accepted and waiting for a thread."""
-        return len(self._ready)
+        return self._ready.qsize()
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
@@ -221,8 +235,13 @@ class PoolExecutor:
         restores their tasks at its next start) and stop the scheduler."""
         with self._lock:
             self._closed = True
-            self._ready.clear()
-            self._work.notify_all()
+            while True:  # drop what waits; wake every idle drain with a None
+                try:
+                    self._ready.get_nowait()
+                except queue.Empty:
+                    break
+            for _ in range(self._draining):
+                self._ready.put(None)
         if self._scheduler.running:
             # APScheduler 3 marks itself stopped before it takes its job-store lock, so a
             # round of job processing still in flight then fails to remove a finished date job

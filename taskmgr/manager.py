@@ -141,6 +141,8 @@ class _Outcome:
 
 
 def _encode_json(value: Any, what: str) -> str:
+    if value is None or value is True or value is False:  # the commonest results, without the encoder
+        return "null" if value is None else "true" if value else "false"
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -557,7 +557,8 @@ class Store:
     # ---------------------------------------------------------------- reads
     def row(self, task_id: int) -> dict[str, Any] | None:
         """The stored row of ``task_id`` as a dict, or ``None``."""
-        found = self.db.execute_sql(self._row_sql, (task_id,)).fetchone()
+        with _wrap_db_errors:  # the driver's call alone: peewee's logging and hooks cost more than the read
+            found = self.db.cursor().execute(self._row_sql, (task_id,)).fetchone()
         return None if found is None else dict(zip(self._row_names, found))
 
     def get(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> Task | None:

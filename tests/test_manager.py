@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 
 import pytest
 
@@ -263,6 +264,41 @@ def test_a_task_that_never_looks_ends_as_what_really_happened(mgr: TaskManager, 
     task = mgr.wait(tid, WAIT)
     assert task.status is S.SUCCESS and task.result == '"released"'
     assert _history_obeys_the_table(mgr, tid)[-2:] == [S.CANCELLING, S.SUCCESS]
+
+
+def test_ctx_wait_reports_a_cancel_without_raising(mgr: TaskManager) -> None:
+    """ctx.wait is ctx.sleep for a callable that stops its own way: False when the time
+    passed, True on a cancel; whatever the callable then returns is what really happened."""
+    started = threading.Event()
+
+    def tidy(ctx: TaskContext) -> str:
+        assert ctx.wait(0.01) is False
+        started.set()
+        woke = ctx.wait(WAIT)
+        return f"cleaned up (woke={woke}, cancelled={ctx.cancelled})"
+
+    mgr.register("tidy", tidy)
+    tid = mgr.submit("tidy")
+    assert started.wait(WAIT)
+    mgr.cancel(tid)
+    task = mgr.wait(tid, WAIT)
+    assert task.status is S.SUCCESS and task.result == '"cleaned up (woke=True, cancelled=True)"'
+    assert _history_obeys_the_table(mgr, tid)[-2:] == [S.CANCELLING, S.SUCCESS]
+
+
+def test_a_cancel_before_the_first_sleep_wakes_it_at_once(mgr: TaskManager) -> None:
+    cancelled = threading.Event()
+
+    def late_sleeper(ctx: TaskContext) -> None:
+        assert cancelled.wait(WAIT)
+        assert ctx.cancelled and ctx.wait(0) is True
+        ctx.sleep(WAIT)  # raises at once: the request came before any wait made the event
+
+    mgr.register("late_sleeper", late_sleeper)
+    tid = mgr.submit("late_sleeper")
+    mgr.cancel(tid)
+    cancelled.set()
+    assert mgr.wait(tid, WAIT).status is S.CANCELLED
 
 
 def test_a_task_cancelled_while_queued_never_runs(mgr: TaskManager, gates: Gates) -> None:

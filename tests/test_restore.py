@@ -172,7 +172,7 @@ def test_a_callable_that_returns_when_interrupted_ends_as_it_returned(db_path: s
     def polite(ctx) -> str:
         started.set()
         while not ctx.interrupted:
-            ctx._wake.wait(WAIT)  # what ctx.sleep waits on, without raising
+            ctx.wait(WAIT)  # ctx.sleep without raising
         return "stopped early"
 
     m.register("polite", polite)
