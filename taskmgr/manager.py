@@ -637,8 +637,8 @@ class TaskManager:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._done:
-                generation = self._generation
+            # read before the task: a commit after this read bumps it, and the wait below is skipped
+            generation = self._generation
             task = self.get(task_id)
             if task.terminal:
                 return task

@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: each status's stored text (``.value`` through the enum's descriptor costs more, on the hot path)
+_TEXT: dict[Any, str] = {st: st.value for st in TaskStatus}
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -364,10 +366,10 @@ class Tx:
         """
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
-        fields["status"] = to.value
+        fields["status"] = _TEXT[to]
         fields["updated"] = self.now
         sql = self.store.update_sql(tuple(fields), by_status=True)
-        if self._exec(sql, (*fields.values(), task_id, frm.value)).rowcount != 1:
+        if self._exec(sql, (*fields.values(), task_id, _TEXT[frm])).rowcount != 1:
             return False
         self.writes += 1
         self.changes.append((task_id, frm, to))
@@ -862,10 +864,13 @@ class Store:
                 raise
         return tx, outcomes
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019
+    def _history_insert_sql(self, rows: int) -> str:
+        p = self.db.param
+        return self._history_sql + ", ".join([f"({p}, {p}, {p}, {p})"] * rows)
+
     def _append_history(self, tx: Tx) -> None:
         at = tx.now
-        p = self.db.param
-        row = f"({p}, {p}, {p}, {p})"
         changes = tx.changes
         if tx.deletions:  # drop the moves of tasks whose record was deleted after them in this batch
             deleted_at = {tid: pos for pos, tid in tx.deletions}
@@ -874,8 +879,8 @@ class Store:
             chunk = changes[i : i + 200]
             params: list[Any] = []
             for tid, frm, to in chunk:
-                params += (tid, None if frm is None else str(frm), to.value, at)
-            tx._exec(self._history_sql + ", ".join([row] * len(chunk)), params)
+                params += (tid, None if frm is None else _TEXT.get(frm, frm), _TEXT[to], at)
+            tx._exec(self._history_insert_sql(len(chunk)), params)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: str, started: int) -> None:
