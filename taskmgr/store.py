@@ -740,12 +740,15 @@ class Store:
         try:
             while True:
                 lead = False
+                pause = self.LINGER
                 with self._mu:
                     now = time.monotonic()
                     if self._pending and not self._leading:
                         first = self._pending[0]
                         if self._closed or first.at == 0.0 or now - first.at >= self.LINGER:
                             self._leading = lead = True
+                        else:
+                            pause = first.at + self.LINGER - now  # wake as it comes of age
                     if self._pending:
                         quiet_since = now
                     elif self._closed:
@@ -759,7 +762,7 @@ class Store:
                 if lead:
                     self._lead(force=True)
                 else:
-                    time.sleep(self.LINGER)
+                    time.sleep(pause)
         finally:
             if not self.db.is_closed():
                 self.db.close()
