@@ -168,7 +168,7 @@ class PoolExecutor:
 
         Holding it is what makes shutdown safe: APScheduler's shutdown keeps
         its job-store lock while it waits for running jobs, so a job (or the
-        writer thread serving one) that called ``add_job`` then would wait on
+        thread committing for one) that called ``add_job`` then would wait on
         that lock forever. :meth:`shutdown` marks the executor closed under
         ``self._lock`` first, so no job is added once it has begun.
         """

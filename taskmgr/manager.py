@@ -13,9 +13,13 @@ Who runs a task
 ===============
 
 A task submitted to a started manager is owned by it (``owner`` column) and
-handed to its executor at once: the row is inserted NEW and moved to QUEUED in
-the same transaction, and the executor accepts it right after that commit (an
-APScheduler job that can neither be refused nor dropped). A task submitted to
+handed to its executor at once. When a worker is free, the submit reserves
+it and writes the task straight to RUNNING (history NEW -> QUEUED -> RUNNING,
+one row written, one commit), and the reserved worker runs it right after
+that commit: no second transaction and no thread hand-off before the
+callable starts. Otherwise the task is written QUEUED and waits in the
+executor's queue; its worker moves it QUEUED -> RUNNING (a compare-and-set,
+so a task cancelled meanwhile never starts) before running it. A task submitted to
 an idle manager (or resumed by one) is left unowned, NEW or RESTORING, and the
 first started manager whose registry knows its type claims it at its next
 poll. A node that shuts down hands its queued tasks back the same way
@@ -45,9 +49,10 @@ Durability
 ==========
 
 Every call that reports success has been committed (see :mod:`taskmgr.store`:
-one writer thread, group commit). The outcome of a callable is written after
-it returns; if the process dies before that commit, the task is restored and
-runs again.
+group commit). The outcome of a callable is queued when it returns and
+committed with the next write, or within about a millisecond; until then the
+task still reads RUNNING, and if the process dies first, the task is
+restored and runs again.
 """
 
 from __future__ import annotations

@@ -8,23 +8,39 @@ Design
 database; each :class:`Store` makes subclasses bound to its own database, so
 two managers on two databases can live in one process.
 
-*One writer, group commit.* Every write goes through :meth:`Store.write`
-(blocking) or :meth:`Store.write_async` (a future). An operation is a function
-``op(tx, *args)`` that runs inside a transaction and talks to the database only
-through the :class:`Tx` it is given. A single writer thread takes every
-operation waiting in its queue, runs them all in **one** ``BEGIN IMMEDIATE``
-transaction, commits once, and only then resolves their futures. A caller
-therefore never hears "done" before its change is durable, yet a hundred
-concurrent status changes cost one commit (one fsync at
-``synchronous=FULL``) instead of a hundred. Reads never wait for the writer:
-they run on the caller's own connection (SQLite in WAL mode lets readers and
-the writer proceed together).
+*Group commit, led by the writers themselves.* Every write goes through
+:meth:`Store.write` (blocking) or :meth:`Store.write_async` (fire and
+forget, with a callback). An operation is a function ``op(tx, *args)`` that
+runs inside a transaction and talks to the database only through the
+:class:`Tx` it is given. Operations wait in one queue. The first caller of
+:meth:`Store.write` to find nobody committing becomes the *leader*: on its
+own thread and connection it takes every operation queued, runs them all in
+**one** ``BEGIN IMMEDIATE`` transaction, commits once, and only then
+resolves them; it keeps leading while callers wait, and the callers that
+came meanwhile sleep until their batch is over. A caller therefore never
+hears "done" before its change is durable, a hundred concurrent changes cost
+one commit (one fsync at ``synchronous=FULL``), and an uncontended write
+costs no thread hand-off at all. (An earlier version sent every write to a
+writer thread: two thread hand-offs per submit, which cost more than the
+SQL.)
+
+*Outcomes ride along.* :meth:`Store.write_async` (a callable's outcome:
+nobody waits on it) only queues; the next leader commits it with its own
+batch. The store's *flusher* thread commits what nobody else did within
+:attr:`Store.LINGER` (1 ms), so an outcome is durable at most about a
+millisecond later on an idle manager, and under a stream of submissions a
+task costs one commit instead of two. Reads never wait for writers: they run
+on the caller's own connection (SQLite in WAL mode lets readers and a
+writer proceed together).
 
 *Operations fail alone.* Each operation runs in a savepoint of its own. One
 that refuses by raising a :class:`~taskmgr.errors.TaskManagerError` is rolled
 back to its savepoint (whatever it wrote is undone) and its caller gets the
-error; the others in its batch commit normally. Any other exception (a database error, a
-bug) rolls the batch back, and the writer replays its operations one by one,
+error; the others in its batch commit normally. The hot operations (submit,
+start, finish) refuse only before they write, so they run without one
+(``savepoint=False``: two statements fewer each). Any other exception (a
+database error, a bug) rolls the batch back, and the leader replays its
+operations one by one,
 so only the guilty one fails. A database that stays locked (another process
 holding the write lock past the busy timeout) is retried a bounded number of
 times, then reported as :class:`~taskmgr.errors.StoreError`.
@@ -35,7 +51,7 @@ whether a row changed; it refuses outright a move the transition table does
 not allow. The history of every change (task, from, to, time) is appended in
 the same transaction, so it can never disagree with the task rows.
 
-*Synchronous mode.* ``Store(..., writer_thread=False)`` runs each operation at
+*Synchronous mode.* ``Store(..., group_commit=False)`` runs each operation at
 once on the calling thread, in its own transaction, under a lock: the
 deterministic mode behind the inline executor.
 """
@@ -259,9 +275,9 @@ _wrap_db_errors = getattr(peewee, "__exception_wrapper__")  # noqa: B009 - a mod
 class Tx:
     """The handle an operation gets: the only way it touches the database.
 
-    All methods run inside the writer's open transaction, on one DB-API
-    cursor of the writer's connection: a statement costs the driver's call,
-    not peewee's per-statement wrapping (the writer converts the driver's
+    All methods run inside the leader's open transaction, on one DB-API
+    cursor of the leader's connection: a statement costs the driver's call,
+    not peewee's per-statement wrapping (the leader converts the driver's
     errors into peewee's once per batch). ``now`` is the batch's timestamp
     (epoch ms), shared by every change in it.
     """
@@ -435,7 +451,7 @@ def _in_scope(row: dict[str, Any], graphspace: str | None, graph: str | None) ->
 
 
 class Store:
-    """A task database: the models bound to it, its writer, and its queries.
+    """A task database: the models bound to it, its write queue, and its queries.
 
     :param database: a file path (SQLite, created owner-only if missing) or an
         open peewee :class:`~peewee.Database` (SQLite or PostgreSQL) that the
@@ -796,7 +812,7 @@ class Store:
             for listener in self._listeners:
                 try:
                     listener(tx.changes)
-                except Exception:  # pragma: no cover - a listener bug must not stop the writer
+                except Exception:  # pragma: no cover - a listener bug must not fail the batch's callers
                     log.exception("task store listener failed")
 
     def _split_or_fail(self, batch: list[_Op], exc: BaseException) -> None:
@@ -928,7 +944,8 @@ class Store:
 
     # ---------------------------------------------------------------- close
     def close(self) -> None:
-        """Finish every queued write, stop the writer and close the connection (if the store opened it)."""
+        """Commit every queued write, stop the flusher and close this thread's connection (if the store
+        opened the database)."""
         if self._closed:
             return
         self._closed = True
