@@ -212,3 +212,25 @@ def test_resuming_a_task_of_an_unregistered_type_is_refused_by_a_started_node(db
         with pytest.raises(UnknownTaskType, match="'echo' is not registered"):
             m.resume(tid)
         assert m.get(tid).status is S.PENDING
+
+
+def test_a_shutdown_hands_back_tasks_written_running_that_no_worker_picked_up(db_path: str, gates: Gates) -> None:
+    """A submit to free workers writes its tasks RUNNING; a shutdown right after must not leave
+    one RUNNING that no callable runs: it ran (SUCCESS) or it is handed back, not as a retry."""
+    from taskmgr.testing import check_history
+
+    for _ in range(5):  # the race is the point: each round may land either way for each task
+        m = TaskManager(db_path, workers=4, poll_interval=0.05)
+        register_test_types(m, gates)
+        m.start()
+        ids = m.submit_many("echo", [1, 2, 3, 4])
+        m.shutdown()
+        reader = TaskManager(db_path)
+        try:
+            for task in reader.list(ids=ids):
+                assert task.status in (S.SUCCESS, S.RESTORING), task
+                if task.status is S.RESTORING:
+                    assert task.retries == 0 and task.id not in gates.ran
+            check_history(reader.history())
+        finally:
+            reader.shutdown()
