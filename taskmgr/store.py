@@ -576,7 +576,9 @@ class Store:
     def row(self, task_id: int) -> dict[str, Any] | None:
         """The stored row of ``task_id`` as a dict, or ``None``."""
         with _wrap_db_errors:  # the driver's call alone: peewee's logging and hooks cost more than the read
-            found = self.db.cursor().execute(self._row_sql, (task_id,)).fetchone()
+            cursor = self.db.cursor()
+            cursor.execute(self._row_sql, (task_id,))  # (psycopg2's execute returns None, not the cursor)
+            found = cursor.fetchone()
         return None if found is None else dict(zip(self._row_names, found))
 
     def get(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> Task | None:
