@@ -60,7 +60,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import functools
 import json
 import logging
 import os
@@ -527,8 +526,7 @@ class TaskManager:
         elif dispatch:
             for i, tid in enumerate(ids):
                 if i < direct:
-                    row = dict(rows[i], id=tid, retries=0, progress=0)
-                    self._executor.submit(functools.partial(self._run, tid, row), reserved=True)
+                    self._dispatch(tid, dict(rows[i], id=tid, retries=0, progress=0))
                 else:
                     self._dispatch(tid)
         return ids
@@ -882,8 +880,13 @@ class TaskManager:
         return False
 
     # ----------------------------------------------------------- execution
-    def _dispatch(self, task_id: int) -> None:
-        self._executor.submit(lambda: self._run(task_id))
+    def _dispatch(self, task_id: int, started: dict[str, Any] | None = None) -> None:
+        """Hand a queued task to the executor; or, with ``started`` (its row, committed RUNNING),
+        to the worker its submit reserved."""
+        if started is None:
+            self._executor.submit(lambda: self._run(task_id))
+        else:
+            self._executor.submit(lambda: self._run(task_id, started), reserved=True)
 
     def _run(self, task_id: int, row: dict[str, Any] | None = None) -> None:
         """The job the executor runs for one task: a queued one, or (``row`` given) one that its

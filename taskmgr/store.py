@@ -382,14 +382,7 @@ class Tx:
         """
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
-        fields["status"] = _TEXT[to]
-        fields["updated"] = self.now
-        sql = self.store.update_sql(tuple(fields), by_status=True)
-        if self._exec(sql, (*fields.values(), task_id, _TEXT[frm])).rowcount != 1:
-            return False
-        self.writes += 1
-        self.changes.append((task_id, frm, to))
-        return True
+        return self._cas(task_id, frm, to, fields, "") is not None
 
     def move_returning(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> dict[str, Any] | None:
         """:meth:`move`, returning the moved row (as :meth:`row` does), or None when nothing moved.
@@ -401,15 +394,8 @@ class Tx:
             return self.row(task_id) if self.move(task_id, frm, to, **fields) else None
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
-        fields["status"] = to.value
-        fields["updated"] = self.now
-        sql = s.update_sql(tuple(fields), by_status=True) + s._returning_all
-        found = self._exec(sql, (*fields.values(), task_id, frm.value)).fetchone()
-        if found is None:
-            return None
-        self.writes += 1
-        self.changes.append((task_id, frm, to))
-        return dict(zip(s._row_names, found))
+        found = self._cas(task_id, frm, to, fields, s._returning_all)
+        return None if found is None else dict(zip(s._row_names, found))
 
     def move_from_stored(self, task_id: int, stored: str, to: TaskStatus, **fields: Any) -> bool:
         """Move a row whose stored status is not one of the twelve (a damaged record) to ``to``.
@@ -419,14 +405,21 @@ class Tx:
         """
         if to is not TaskStatus.UNKNOWN:
             raise InvalidTransition(task_id, stored, to)
-        fields["status"] = to.value
+        return self._cas(task_id, stored, to, fields, "") is not None
+
+    def _cas(self, task_id: int, frm: TaskStatus | str, to: TaskStatus, fields: dict[str, Any], returning: str) -> Any:
+        """The compare-and-set statement of the moves (already checked against the table): the
+        returned row (``returning``) or True when it moved, None when it did not."""
+        fields["status"] = _TEXT[to]
         fields["updated"] = self.now
-        sql = self.store.update_sql(tuple(fields), by_status=True)
-        if self._exec(sql, (*fields.values(), task_id, stored)).rowcount != 1:
-            return False
+        sql = self.store.update_sql(tuple(fields), by_status=True) + returning
+        cursor = self._exec(sql, (*fields.values(), task_id, _TEXT.get(frm, frm)))
+        found = cursor.fetchone() if returning else (True if cursor.rowcount == 1 else None)
+        if found is None:
+            return None
         self.writes += 1
-        self.changes.append((task_id, stored, to))
-        return True
+        self.changes.append((task_id, frm, to))
+        return found
 
     def update(self, task_id: int, statuses: Collection[TaskStatus], **fields: Any) -> bool:
         """Set columns other than the status, only while the task is in one of ``statuses``."""

@@ -140,3 +140,24 @@ def test_a_task_moved_then_deleted_in_one_batch_leaves_no_history(store: Store) 
         store.write(deleted_then_recreated_moves)
     assert store.get(other).status is S.RUNNING
     assert [t.to_status for t in store.history(other)][-1] is S.RUNNING
+
+
+def test_an_op_without_a_savepoint_that_refuses_after_writing_is_still_undone_alone(store: Store) -> None:
+    """savepoint=False is a promise to refuse only before writing; one that breaks it has its
+    batch run again with a savepoint: its write is undone, its neighbour's commits."""
+    tid = _task_in(store, S.QUEUED)
+    other = _task_in(store, S.QUEUED)
+    before = len(store.history(tid))
+    outcomes = []
+
+    def broken_promise(tx):
+        assert tx.move(tid, S.QUEUED, S.RUNNING)
+        raise InvalidTransition(tid, S.RUNNING, S.NEW)
+
+    store.write_async(lambda tx: tx.move(other, S.QUEUED, S.RUNNING), savepoint=False,
+                      callback=lambda ok, value: outcomes.append((ok, value)))
+    with pytest.raises(InvalidTransition):
+        store.write(broken_promise, savepoint=False)  # leads: the queued move shares its batch
+    assert outcomes == [(True, True)]
+    assert store.get(tid).status is S.QUEUED and len(store.history(tid)) == before
+    assert store.get(other).status is S.RUNNING
