@@ -336,12 +336,7 @@ class Tx:
         :raises InvalidTransition: when ``path`` does not start at NEW or
             takes a step the table does not allow.
         """
-        if not path or path[0] is not TaskStatus.NEW:
-            raise InvalidTransition(0, None, path[0] if path else TaskStatus.NEW)
-        steps = list(itertools.pairwise(path))
-        for frm, to in steps:
-            if not can_move(frm, to):
-                raise InvalidTransition(0, frm, to)
+        steps = _creation(tuple(path))
         if not rows:
             return []
         s = self.store
@@ -365,11 +360,7 @@ class Tx:
                 last = int(cursor.lastrowid)
                 new = list(range(last - len(chunk) + 1, last + 1))
             ids.extend(new)
-        changes = self.changes
-        for i in ids:
-            changes.append((i, None, TaskStatus.NEW))
-            for frm, to in steps:
-                changes.append((i, frm, to))
+        self.changes.extend((i, frm, to) for i in ids for frm, to in steps)
         return ids
 
     def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> bool:
@@ -437,6 +428,18 @@ class Tx:
         self.writes += 1
         self.deletions.append((len(self.changes), task_id))
         return bool(n)
+
+
+@functools.lru_cache(maxsize=32)
+def _creation(path: tuple[TaskStatus, ...]) -> tuple[tuple[TaskStatus | None, TaskStatus], ...]:
+    """The history steps of a task created along ``path`` (checked against the table once per path)."""
+    if not path or path[0] is not TaskStatus.NEW:
+        raise InvalidTransition(0, None, path[0] if path else TaskStatus.NEW)
+    steps = tuple(itertools.pairwise(path))
+    for frm, to in steps:
+        if not can_move(frm, to):
+            raise InvalidTransition(0, frm, to)
+    return ((None, TaskStatus.NEW), *steps)
 
 
 def _in_scope(row: dict[str, Any], graphspace: str | None, graph: str | None) -> bool:
