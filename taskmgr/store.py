@@ -27,8 +27,10 @@ SQL.)
 *Outcomes ride along.* :meth:`Store.write_async` (a callable's outcome:
 nobody waits on it) only queues; the next leader commits it with its own
 batch. The store's *flusher* thread commits what nobody else did within
-:attr:`Store.LINGER` (1 ms), so an outcome is durable at most about a
-millisecond later on an idle manager, and under a stream of submissions a
+:attr:`Store.LINGER` (1 ms; up to :attr:`Store.LINGER_MAX`, 16 ms, while other
+writes keep carrying the queue, since each wake-up of the flusher costs a
+stream a GIL hand-off), so an outcome is durable about a millisecond later
+on a quiet manager, and under a stream of submissions a
 task costs one commit instead of two. Reads never wait for writers: they run
 on the caller's own connection (SQLite in WAL mode lets readers and a
 writer proceed together).
