@@ -284,7 +284,8 @@ class TaskManager:
         #: tasks of this node cancelled while RUNNING before their worker registered them
         self._early_cancels: set[int] = set()
         self._done = threading.Condition()
-        self._generation = 0
+        self._generation = 0  # bumped by every commit that finishes a task (and by shutdown)
+        self._waiters = 0  # threads in wait(): a commit notifies only when there are some
         self._last_heartbeat = 0.0
 
     # ------------------------------------------------------------ registry
@@ -467,11 +468,14 @@ class TaskManager:
         self._require_open()
         spec = self._spec(task_type)
         name = spec.name if name is None else _check_name(name, "task name")
-        _check_name(graph, "graph")
-        _check_name(graphspace, "graphspace")
+        if graph is not DEFAULT_GRAPH:
+            _check_name(graph, "graph")
+        if graphspace is not DEFAULT_GRAPHSPACE:
+            _check_name(graphspace, "graphspace")
         retries = spec.max_retries if max_retries is None else max_retries
         backoff = spec.retry_delay if retry_delay is None else retry_delay
-        _check_retries(retries, backoff)
+        if max_retries is not None or retry_delay is not None:  # the type's own were checked by register()
+            _check_retries(retries, backoff)
         if delay is not None and (not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0):
             raise InvalidArgument(f"delay must be a non-negative number of seconds, got {delay!r}")
         run_at = None if delay is None else now_ms(self.clock) + int(delay * 1000)
@@ -653,8 +657,14 @@ class TaskManager:
                     raise WaitTimeout(f"task {task_id} is still {task.status.name} after {timeout} s")
                 pause = min(pause, left)
             with self._done:
-                if self._generation == generation:
-                    self._done.wait(pause)
+                # counted before the generation is compared: a commit that bumps it after the
+                # comparison sees this waiter and notifies; one that bumped it before is seen here
+                self._waiters += 1
+                try:
+                    if self._generation == generation:
+                        self._done.wait(pause)
+                finally:
+                    self._waiters -= 1
             self._require_open()
 
     # ----------------------------------------------------------- controls
@@ -976,10 +986,13 @@ class TaskManager:
         self._unsaved[task_id] = outcome
 
     def _on_commit(self, changes: _List[tuple[int, Any, TaskStatus]]) -> None:
+        # Runs on the committing thread, one commit at a time: the bump needs no lock. The
+        # condition (and its lock) only when someone waits: under a stream of tasks nobody may.
         if any(to in TERMINAL for _, _, to in changes):
-            with self._done:
-                self._generation += 1
-                self._done.notify_all()
+            self._generation += 1
+            if self._waiters:
+                with self._done:
+                    self._done.notify_all()
 
     # -------------------------------------------------------- housekeeping
     def _tick(self) -> None:
