@@ -61,6 +61,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import logging
 import os
@@ -531,7 +532,10 @@ class TaskManager:
         elif dispatch:
             for i, tid in enumerate(ids):
                 if i < direct:
-                    self._dispatch(tid, dict(rows[i], id=tid, retries=0, progress=0))
+                    # its worker is woken as the next commit waits for the disk (at once when no
+                    # other write is coming): see Store.defer
+                    self._store.defer(functools.partial(self._dispatch, tid, dict(rows[i], id=tid, retries=0,
+                                                                                  progress=0)))
                 else:
                     self._dispatch(tid)
         return ids

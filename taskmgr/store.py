@@ -105,6 +105,8 @@ T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: each status's stored text (``.value`` through the enum's descriptor costs more, on the hot path)
 _TEXT: dict[Any, str] = {st: st.value for st in TaskStatus}
+#: and back (the enum's own lookup by value costs more too)
+_BY_TEXT: dict[str, TaskStatus] = {st.value: st for st in TaskStatus}
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -481,6 +483,9 @@ class Store:
     LINGER_MAX = 0.016
     #: seconds without writes after which the flusher waits to be woken instead of looking
     FLUSHER_IDLE = 0.1
+    #: the most a :meth:`defer`-red call waits for the next commit before the flusher makes it; and
+    #: the gap between two commits under which the writes count as a stream (see :meth:`defer`)
+    DEFER_MAX = 0.001
     #: commits between two checkpoints of the background checkpointer (a SQLite file the store
     #: opened at ``synchronous`` NORMAL or OFF, with group commit)
     CHECKPOINT_EVERY = 100
@@ -562,6 +567,9 @@ class Store:
         self._leader: int | None = None  # the leading thread's ident
         self._flusher_idle = False
         self._flusher: threading.Thread | None = None
+        self._deferred: deque[tuple[float, Callable[[], None]]] = deque()  # (when, call): see defer()
+        self._last_commit = 0.0  # when the last commit ended (monotonic)
+        self._commit_gap = float("inf")  # and how long after the one before it
         if group_commit:
             self._flusher = threading.Thread(target=self._flusher_loop, name="taskmgr-flusher", daemon=True)
             self._flusher.start()
@@ -744,6 +752,41 @@ class Store:
             if self._flusher_idle:
                 self._wake.notify()
 
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` just before the next commit, or at once when writes are not a stream.
+
+        For work that must follow a commit already made and is best done while
+        the next one syncs: the leader calls it right before its ``COMMIT``,
+        whose wait for the disk releases the GIL, so what ``fn`` sets going
+        (a worker thread woken to run a task) runs during that wait instead of
+        contending with the leader's statements. When the last two commits
+        were more than :attr:`DEFER_MAX` apart (no stream: nothing says another
+        commit is coming soon) ``fn`` runs at once, on the calling thread; a
+        deferred ``fn`` that no commit picks up within :attr:`DEFER_MAX` is run
+        by the flusher. ``fn`` must not write to the store, and what it
+        depends on must be committed before it is deferred.
+        """
+        if not self._group or self._closed or self._commit_gap > self.DEFER_MAX:
+            fn()
+            return
+        with self._mu:
+            self._deferred.append((time.monotonic(), fn))
+            if self._flusher_idle:
+                self._wake.notify()
+
+    def _run_deferred(self, before: float | None = None) -> None:
+        """Run the deferred calls (with ``before``, those deferred before that time)."""
+        deferred = self._deferred
+        while deferred and (before is None or deferred[0][0] < before):
+            try:
+                _at, fn = deferred.popleft()  # atomic: the leader and the flusher may both be here
+            except IndexError:
+                return
+            try:
+                fn()
+            except Exception:  # pragma: no cover - a deferred call's bug must not break a commit
+                log.exception("deferred call failed")
+
     def _lead(self, force: bool = False) -> None:
         """Run batches until no caller is waiting (with ``force``, until nothing is queued).
 
@@ -761,9 +804,13 @@ class Store:
                         if self._pending and self._flusher_idle:
                             self._wake.notify()
                         return
-                    n = min(len(self._pending), self.MAX_BATCH)
-                    batch = [self._pending.popleft() for _ in range(n)]
-                    self._sync_pending -= sum(1 for op in batch if op.at == 0.0)
+                    if len(self._pending) <= self.MAX_BATCH:  # the usual case: take it all
+                        batch = list(self._pending)
+                        self._pending.clear()
+                        self._sync_pending = 0
+                    else:
+                        batch = [self._pending.popleft() for _ in range(self.MAX_BATCH)]
+                        self._sync_pending -= sum(1 for op in batch if op.at == 0.0)
                 self._run_batch(batch)
                 batch = []
         except BaseException as exc:  # the leader was interrupted (KeyboardInterrupt): fail its batch, let go
@@ -797,6 +844,7 @@ class Store:
         try:
             while True:
                 lead = False
+                due_deferred = False
                 with self._mu:
                     now = time.monotonic()
                     first = self._pending[0] if self._pending and not self._leading else None
@@ -806,7 +854,11 @@ class Store:
                     else:  # nothing of its own to do: others carry the queue, so look less often
                         linger = min(linger * 2, self.LINGER_MAX)
                     pause = linger if first is None else first.at + linger - now  # wake as it comes due
-                    if self._pending:
+                    if self._deferred:  # a deferred call no commit took in time is the flusher's
+                        left = self._deferred[0][0] + self.DEFER_MAX - now
+                        due_deferred = left <= 0 or self._closed
+                        pause = min(pause, max(left, 0.0))
+                    if self._pending or self._deferred:
                         quiet_since = now
                     elif self._closed:
                         return
@@ -817,9 +869,11 @@ class Store:
                         quiet_since = time.monotonic()
                         linger = self.LINGER
                         continue
+                if due_deferred:
+                    self._run_deferred(before=None if self._closed else now - self.DEFER_MAX + 1e-9)
                 if lead:
                     self._lead(force=True)
-                else:
+                elif not due_deferred:
                     time.sleep(pause)
         finally:
             if not self.db.is_closed():
@@ -888,6 +942,8 @@ class Store:
             except Exception as exc:  # a database error or a bug: find the guilty operation
                 return self._split_or_fail(batch, exc)
         self._commits += 1  # one writer at a time: the leader, or the holder of the synchronous lock
+        now = time.monotonic()
+        self._commit_gap, self._last_commit = now - self._last_commit, now
         if self._commits >= self._checkpoint_at and self._checkpointer is not None:
             self._checkpoint_at = self._commits + self.CHECKPOINT_EVERY
             self._checkpoint_due.set()
@@ -938,8 +994,8 @@ class Store:
             execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
             try:
                 for op in batch:
-                    mark, dmark, wmark = len(tx.changes), len(tx.deletions), tx.writes
                     if not op.savepoint:
+                        wmark = tx.writes
                         try:
                             outcomes.append((True, op.fn(tx, *op.args)))
                         except TaskManagerError as exc:
@@ -948,6 +1004,7 @@ class Store:
                                 raise _Unguarded() from exc
                             outcomes.append((False, exc))
                         continue
+                    mark, dmark = len(tx.changes), len(tx.deletions)
                     execute("SAVEPOINT taskmgr_op")
                     try:
                         outcomes.append((True, op.fn(tx, *op.args)))
@@ -959,6 +1016,8 @@ class Store:
                     execute("RELEASE SAVEPOINT taskmgr_op")
                 if self.history_enabled and tx.changes:
                     self._append_history(tx)
+                if self._deferred:
+                    self._run_deferred()
                 execute("COMMIT")
             except BaseException:
                 try:
@@ -1038,6 +1097,7 @@ class Store:
             with self._mu:
                 self._wake.notify()
             self._flusher.join()  # it commits what is still queued, then stops
+        self._run_deferred()  # what the flusher did not (a call deferred as it stopped)
         if self._checkpointer is not None:
             self._checkpoint_due.set()
             self._checkpointer.join()
@@ -1068,10 +1128,7 @@ def _status_or_raw(value: str | None) -> TaskStatus | str | None:
 
 def to_task(row: dict[str, Any]) -> Task:
     """A :class:`Task` from a stored row; a status that is not one of the twelve reads as UNKNOWN."""
-    try:
-        status = TaskStatus(row["status"])
-    except ValueError:
-        status = TaskStatus.UNKNOWN
+    status = _BY_TEXT.get(row["status"], TaskStatus.UNKNOWN)
     return Task(
         id=row["id"],
         type=row["type"],
