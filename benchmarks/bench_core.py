@@ -234,8 +234,9 @@ def main() -> None:
         print(f"[{sync}] start latency (submit -> callable running), idle manager: p50 {_percentile(st, 0.5) * 1e3:.3f} ms, "
               f"p99 {_percentile(st, 0.99) * 1e3:.3f} ms")
         ss = stream_start_latency(sync, args.tasks)
-        print(f"[{sync}] start latency, {args.tasks} tasks submitted in a stream: p50 {_percentile(ss, 0.5) * 1e3:.3f} ms, "
-              f"p99 {_percentile(ss, 0.99) * 1e3:.3f} ms, max {max(ss) * 1e3:.3f} ms")
+        print(f"[{sync}] start latency, {args.tasks} tasks submitted in a stream: "
+              f"p50 {_percentile(ss, 0.5) * 1e3:.3f} ms, p99 {_percentile(ss, 0.99) * 1e3:.3f} ms, "
+              f"max {max(ss) * 1e3:.3f} ms")
         b = statistics.median(batch_submit(sync, args.batch) for _ in range(args.repeat))
         print(f"[{sync}] submit_many of {args.batch}: {b:8.0f} tasks/s")
         c = cancel_in_process(sync, args.cancels)

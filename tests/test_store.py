@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -138,3 +139,45 @@ def test_a_task_whose_worker_waits_for_the_next_commit_can_be_cancelled_meanwhil
         for tid in (a, b, c):
             assert m.cancel(tid)
         assert [m.wait(tid, WAIT).status for tid in (a, b, c)] == [S.CANCELLED] * 3
+
+
+def test_at_normal_a_thread_of_the_store_checkpoints_the_wal_not_the_writers(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(Store, "CHECKPOINT_EVERY", 10)
+    store = Store(str(tmp_path / "n.db"), synchronous="NORMAL")
+    try:
+        writers = store.db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert writers == Store.CHECKPOINT_BACKSTOP  # the writers' own checkpoint is only a backstop
+        for _ in range(50):
+            store.write(lambda tx: tx.insert({"graphspace": "g", "graph": "g", "type": "t", "name": "t",
+                                              "callable": "m.f", "input": None, "owner": None,
+                                              "max_retries": 0, "retry_delay": 1.0, "run_at": None, "ran": 0}))
+        deadline = time.monotonic() + WAIT
+        while store.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # woken every 10 commits; wake-ups that come while it checkpoints fold into the next one
+        assert 1 <= store.checkpoints <= 5
+    finally:
+        store.close()
+    assert not store._checkpointer.is_alive()  # close() stops it
+
+
+def test_at_full_the_committing_connection_checkpoints_as_sqlite_does(tmp_path) -> None:
+    store = Store(str(tmp_path / "f.db"), synchronous="FULL")
+    try:
+        assert store._checkpointer is None
+        assert store.db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # SQLite's default
+    finally:
+        store.close()
+
+
+def test_at_normal_the_wal_stays_small_under_a_stream_of_tasks(tmp_path) -> None:
+    """The WAL file grows only while no checkpoint completes: at about ten pages a task, 2,000 tasks
+    would take it to some 20,000 pages."""
+    path = str(tmp_path / "s.db")
+    with TaskManager(path, workers=2, synchronous="NORMAL") as m:
+        m.register("noop", lambda ctx: None)
+        ids = [m.submit("noop") for _ in range(2000)]
+        for tid in ids:
+            assert m.wait(tid, WAIT).status is S.SUCCESS
+        pages = os.path.getsize(path + "-wal") // 4096
+    assert pages < Store.CHECKPOINT_BACKSTOP * 1.2, pages
