@@ -1,103 +1,175 @@
-"""The floor under the throughput figure: what SQLite and one thread hand-off cost per task, alone.
+"""The floor under the throughput figure: the same work per task with no manager at all.
 
 Run ``python benchmarks/bench_floor.py``. For each ``synchronous`` level it
-prints what a no-op task costs with no manager at all, on the manager's own
-schema (a store is created, then driven with raw ``sqlite3``):
+drives the manager's own schema (a store is created, then used through raw
+``sqlite3``) the way the manager does under a stream of no-op tasks, and
+prints tasks/s:
 
-* ``sql, one commit per task``: per task, in one transaction, the INSERT of
-  a RUNNING row, the UPDATE of the previous task to SUCCESS, the history
-  rows of both, and the COMMIT: the statements the manager runs per task
-  under a stream of submissions, with nothing else.
-* ``hand-off``: one round trip between two threads through a
-  ``queue.SimpleQueue``. A task crosses threads twice: to the worker that
-  runs it, and its outcome back to the thread that commits; each crossing
-  is a GIL hand-off, whatever carries it.
+* ``sql alone``: one thread; per task, in one transaction, the INSERT of a
+  RUNNING row, the UPDATE of the previous task to SUCCESS, the history rows
+  of both, and the COMMIT.
+* ``pipeline``: the same statements from one submitting thread, each task
+  handed to one of 4 worker threads that hands its id back; outcomes ride
+  along with the next commit, a worker is woken just before the next COMMIT
+  (as ``Store.defer`` does), and at NORMAL a thread of its own checkpoints
+  the WAL (as the store does). This is the workload of ``bench_huey.py``
+  with every line of the manager's Python taken out.
 
-Compare with ``bench_huey.py``: at NORMAL, three times huey's throughput
-leaves less time per task than these two floors add up to, before a single
-line of the manager's Python runs.
+With huey installed (``pip install -e '.[bench]'``) it runs huey's figure
+from ``bench_huey.py`` in the same sitting and prints how many times huey's
+throughput the floor is, and how many microseconds per task three times
+huey's throughput leaves for the manager's own work on top of the floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import queue
 import sqlite3
 import statistics
+import sys
 import tempfile
 import threading
 import time
 
 from taskmgr.store import Store
 
+_INSERT = ("INSERT INTO taskmgr_task (graphspace, graph, type, name, callable, input, owner, max_retries, "
+           "retry_delay, run_at, ran, status, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_FINISH = "UPDATE taskmgr_task SET result = ?, progress = ?, status = ?, updated = ? WHERE id = ? AND status = ?"
+_HISTORY = "INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES "
 
-def sql_floor(sync: str, n: int) -> float:
-    """Seconds per task of the statements alone, one transaction per task."""
+
+def _open(tmp: str, sync: str, autocheckpoint: int | None) -> tuple[str, sqlite3.Connection]:
+    path = os.path.join(tmp, "t.db")
+    Store(path, group_commit=False).close()  # the manager's tables and indexes
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=wal")
+    db.execute(f"PRAGMA synchronous={sync}")
+    if autocheckpoint is not None:
+        db.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
+    return path, db
+
+
+def _batch(c: sqlite3.Cursor, finished: list[int]) -> int:
+    """One task's transaction, up to (not including) its COMMIT: insert it RUNNING, finish the
+    tasks in ``finished``, write the history of both. Returns the new id."""
+    now = int(time.time() * 1000)
+    c.execute("BEGIN IMMEDIATE")
+    c.execute(_INSERT, ("DEFAULT", "hugegraph", "noop", "noop", "m.f", None, "node", 0, 1.0, None, 1, "running",
+                        now, now))
+    tid = c.lastrowid
+    rows = [(tid, None, "new", now), (tid, "new", "queued", now), (tid, "queued", "running", now)]
+    for prev in finished:
+        c.execute(_FINISH, ("true", 0, "success", now, prev, "running"))
+        rows.append((prev, "running", "success", now))
+    c.execute(_HISTORY + ", ".join(["(?, ?, ?, ?)"] * len(rows)), [v for r in rows for v in r])
+    return tid
+
+
+def sql_alone(sync: str, n: int) -> float:
+    """Tasks/s of the statements alone, one thread, one transaction per task."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "t.db")
-        Store(path, group_commit=False).close()  # the manager's tables and indexes
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=wal")
-        db.execute(f"PRAGMA synchronous={sync}")
+        _path, db = _open(tmp, sync, None)
         c = db.cursor()
-        insert = ("INSERT INTO taskmgr_task (graphspace, graph, type, name, callable, input, owner, max_retries, "
-                  "retry_delay, run_at, ran, status, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-        finish = "UPDATE taskmgr_task SET result = ?, progress = ?, status = ?, updated = ? WHERE id = ? AND status = ?"
-        history = "INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES "
-        prev = None
+        prev: list[int] = []
         t0 = time.perf_counter()
         for _ in range(n):
-            now = int(time.time() * 1000)
-            c.execute("BEGIN IMMEDIATE")
-            c.execute(insert, ("DEFAULT", "hugegraph", "noop", "noop", "m.f", None, "node", 0, 1.0, None, 1,
-                               "running", now, now))
-            tid = c.lastrowid
-            rows = [(tid, None, "new", now), (tid, "new", "queued", now), (tid, "queued", "running", now)]
-            if prev is not None:
-                c.execute(finish, ("true", 0, "success", now, prev, "running"))
-                rows.append((prev, "running", "success", now))
-            c.execute(history + ", ".join(["(?, ?, ?, ?)"] * len(rows)), [v for r in rows for v in r])
+            prev = [_batch(c, prev)]
             c.execute("COMMIT")
-            prev = tid
         elapsed = time.perf_counter() - t0
         db.close()
-    return elapsed / n
+    return n / elapsed
 
 
-def handoff_floor(n: int) -> float:
-    """Seconds per round trip: one thread puts, another takes and answers, the first takes the answer."""
-    there: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+def pipeline(sync: str, n: int, workers: int = 4) -> float:
+    """Tasks/s of the manager's work with the manager taken out (see the module docs)."""
+    background = sync in ("NORMAL", "OFF")  # as the store: at FULL the commit checkpoints
+    with tempfile.TemporaryDirectory() as tmp:
+        path, db = _open(tmp, sync, Store.CHECKPOINT_BACKSTOP if background else None)
+        due, stop = threading.Event(), threading.Event()
 
-    def worker() -> None:
-        while (item := there.get()) is not None:
-            back.put(item)
+        def checkpointer() -> None:
+            con = sqlite3.connect(path, isolation_level=None)
+            con.execute(f"PRAGMA synchronous={sync}")
+            while due.wait() and not stop.is_set():
+                due.clear()
+                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            con.close()
 
-    t = threading.Thread(target=worker)
-    t.start()
-    t0 = time.perf_counter()
-    for i in range(n):
-        there.put(i)
-        back.get()
-    elapsed = time.perf_counter() - t0
-    there.put(None)
-    t.join()
-    return elapsed / n
+        work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        done: collections.deque[int] = collections.deque()
+
+        def worker() -> None:
+            while (tid := work.get()) is not None:
+                done.append(tid)
+
+        threads = [threading.Thread(target=worker) for _ in range(workers)]
+        if background:
+            threads.append(threading.Thread(target=checkpointer))
+        for t in threads:
+            t.start()
+        c = db.cursor()
+        last = None
+        t0 = time.perf_counter()
+        for i in range(n):
+            finished = []
+            while done:
+                finished.append(done.popleft())
+            tid = _batch(c, finished)
+            if last is not None:
+                work.put(last)  # committed by the previous transaction: its worker runs during this sync
+            c.execute("COMMIT")
+            last = tid
+            if background and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
+                due.set()
+        work.put(last)
+        for _ in range(workers):
+            work.put(None)
+        for t in threads[:workers]:
+            t.join()
+        c.execute("BEGIN IMMEDIATE")
+        now = int(time.time() * 1000)
+        for prev in done:
+            c.execute(_FINISH, ("true", 0, "success", now, prev, "running"))
+        c.execute("COMMIT")
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        due.set()
+        for t in threads[workers:]:
+            t.join()
+        db.close()
+    return n / elapsed
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=5000)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--sync", nargs="+", default=["FULL", "NORMAL"])
     args = p.parse_args()
-    hand = statistics.median(handoff_floor(args.tasks) for _ in range(args.repeat))
-    print(f"hand-off between two threads, round trip: {hand * 1e6:6.1f} us")
+    try:
+        from bench_huey import run_huey
+    except ImportError:
+        run_huey = None  # type: ignore[assignment]
+    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {args.tasks} tasks, "
+          f"medians of {args.repeat} runs")
     for sync in args.sync:
-        sql = statistics.median(sql_floor(sync, args.tasks) for _ in range(args.repeat))
-        print(f"[{sync}] sql, one commit per task: {sql * 1e6:6.1f} us/task ({1 / sql:6.0f} tasks/s); "
-              f"with one hand-off: {(sql + hand) * 1e6:6.1f} us/task ({1 / (sql + hand):6.0f} tasks/s)")
+        alone = statistics.median(sql_alone(sync, args.tasks) for _ in range(args.repeat))
+        floor = statistics.median(pipeline(sync, args.tasks) for _ in range(args.repeat))
+        line = f"[{sync}] sql alone {alone:7.0f} tasks/s; pipeline (the floor) {floor:7.0f} tasks/s"
+        if run_huey is not None:
+            try:
+                huey = statistics.median(run_huey(sync, args.tasks) for _ in range(args.repeat))
+            except ImportError:
+                huey = None
+            if huey:
+                budget = (1 / (3 * huey) - 1 / floor) * 1e6
+                line += (f"; huey {huey:6.0f} tasks/s: the floor is {floor / huey:.2f}x huey, and 3x huey "
+                         f"leaves {budget:.0f} us per task for the manager's own work")
+        print(line)
 
 
 if __name__ == "__main__":
