@@ -580,7 +580,7 @@ class Store:
         self._flusher_idle = False
         self._flusher: threading.Thread | None = None
         self._deferred: deque[tuple[float, Callable[[], None]]] = deque()  # (when, call): see defer()
-        self._last_commit = 0.0  # when the last commit ended (monotonic)
+        self._last_commit = 0.0  # when the last commit a caller waited for ended (monotonic)
         self._commit_gap = float("inf")  # and how long after the one before it
         if group_commit:
             self._flusher = threading.Thread(target=self._flusher_loop, name="taskmgr-flusher", daemon=True)
@@ -772,8 +772,9 @@ class Store:
         whose wait for the disk releases the GIL, so what ``fn`` sets going
         (a worker thread woken to run a task) runs during that wait instead of
         contending with the leader's statements. When the last two commits
-        were more than :attr:`DEFER_MAX` apart (no stream: nothing says another
-        commit is coming soon) ``fn`` runs at once, on the calling thread.
+        that callers waited for were more than :attr:`DEFER_MAX` apart (no
+        stream: nothing says another is coming soon; the flusher's commits of
+        outcomes do not count) ``fn`` runs at once, on the calling thread.
 
         A deferred ``fn`` that no commit picks up (the stream ended) is run by
         the flusher at its first look after it is :attr:`DEFER_MAX` old: a
@@ -833,6 +834,9 @@ class Store:
                         self._sync_pending -= sum(1 for op in batch if op.at == 0.0)
                 self._run_batch(batch)
                 batch = []
+                if not force:  # a caller waited for this commit: a stream is commits callers wait for
+                    now = time.monotonic()
+                    self._commit_gap, self._last_commit = now - self._last_commit, now
         except BaseException as exc:  # the leader was interrupted (KeyboardInterrupt): fail its batch, let go
             for op in batch:
                 if op.ok is None:
@@ -877,6 +881,8 @@ class Store:
                     if self._deferred:  # a deferred call no commit took in time is the flusher's
                         left = self._deferred[0][0] + self.DEFER_MAX - now
                         due_deferred = left <= 0 or self._closed
+                        if due_deferred:  # no commit came for it: the stream is over, look often again
+                            linger = self.LINGER
                         pause = min(pause, max(left, 0.0))
                     if self._pending or self._deferred:
                         quiet_since = now
@@ -966,8 +972,6 @@ class Store:
             except Exception as exc:  # a database error or a bug: find the guilty operation
                 return self._split_or_fail(batch, exc)
         self._commits += 1  # one writer at a time: the leader, or the holder of the synchronous lock
-        now = time.monotonic()
-        self._commit_gap, self._last_commit = now - self._last_commit, now
         if self._commits >= self._checkpoint_at and self._checkpointer is not None:
             self._checkpoint_at = self._commits + self.CHECKPOINT_EVERY
             self._checkpoint_due.set()

@@ -47,6 +47,21 @@ def test_a_call_deferred_after_a_quiet_spell_runs_at_once_on_the_calling_thread(
     assert ran == [threading.get_ident()]
 
 
+def test_the_flushers_commits_of_outcomes_do_not_make_a_stream(store: Store, monkeypatch) -> None:
+    """A submit that follows the flusher's commit of an outcome (a cancel loop, say) is not in a
+    stream: its worker is woken at once, not left for a commit that may not come."""
+    monkeypatch.setattr(Store, "DEFER_MAX", 0.05)
+    _insert(store)
+    time.sleep(0.1)
+    flushed = threading.Event()
+    store.write_async(lambda tx: tx.insert(dict(ROW)), callback=lambda ok, value: flushed.set())
+    assert flushed.wait(WAIT)  # committed by the flusher, just now
+    _insert(store)  # 0.1 s after the last commit a caller waited for
+    ran = []
+    store.defer(lambda: ran.append(1))
+    assert ran == [1]
+
+
 def test_in_a_stream_a_deferred_call_runs_just_before_the_next_commit(store: Store, monkeypatch) -> None:
     monkeypatch.setattr(Store, "DEFER_MAX", 30.0)  # everything is a stream; the flusher never steps in
     _insert(store)
