@@ -17,16 +17,17 @@ handed to its executor at once. When a worker is free, the submit reserves
 it and writes the task straight to RUNNING (history NEW -> QUEUED -> RUNNING,
 one row written, one commit), and the reserved worker runs it after that
 commit: no second transaction before the callable starts. The worker is
-woken at once on a quiet manager; under a stream of writes (commits less
-than a millisecond apart) it is woken as the next commit starts its wait for
-the disk, so that its Python runs during that wait rather than against the
-next batch's statements (:meth:`~taskmgr.store.Store.defer`; measured, 8%
-more tasks/s at FULL, 15% at NORMAL). Such a task reads RUNNING a little
-before its callable starts: at most until the next commit, or up to 16 ms
-for the last task of a stream. Otherwise the task is written QUEUED and waits in the
-executor's queue; its worker moves it QUEUED -> RUNNING (a compare-and-set,
-so a task cancelled meanwhile never starts) before running it. A task submitted to
-an idle manager (or resumed by one) is left unowned, NEW or RESTORING, and the
+woken at once on a quiet manager; under a stream of writes (commits that
+callers wait for, less than a millisecond apart) it is woken as the next
+commit starts its wait for the disk, so that its Python runs during that
+wait rather than against the next batch's statements
+(:meth:`~taskmgr.store.Store.defer`; measured, 8% more tasks/s at FULL, 15%
+at NORMAL). Such a task reads RUNNING a little before its callable starts:
+until the next commit, or up to 16 ms for the last task of a stream.
+Otherwise the task is written QUEUED and waits in the executor's queue;
+its worker moves it QUEUED -> RUNNING (a compare-and-set, so a task
+cancelled meanwhile never starts) before running it. A task submitted to an
+idle manager (or resumed by one) is left unowned, NEW or RESTORING, and the
 first started manager whose registry knows its type claims it at its next
 poll. A node that shuts down hands its queued tasks back the same way
 (RESTORING, unowned). Tasks owned by a node that is gone (its process no

@@ -926,10 +926,9 @@ class Store:
         stream. Measured over 5,000 no-op tasks: 10-15% more tasks/s than
         SQLite's own checkpoints, and 2.5% more than with the backstop at 2,000
         pages (25 such checkpoints per 5,000 tasks; 10 at 6,000). Only at
-        NORMAL and OFF: at FULL
-        the WAL is synced by every commit, the checkpoint in the commit is
-        cheap, and a concurrent one competes for the disk with the commits'
-        syncs (measured: 5-8% slower).
+        NORMAL and OFF: at FULL the WAL is synced by every commit, the
+        checkpoint in the commit is cheap, and a concurrent one competes for
+        the disk with the commits' syncs (measured: 5-8% slower).
         """
         try:
             while True:
