@@ -14,6 +14,13 @@ prints tasks/s:
   (as ``Store.defer`` does), and at NORMAL a thread of its own checkpoints
   the WAL (as the store does). This is the workload of ``bench_huey.py``
   with every line of the manager's Python taken out.
+* ``lean model``: the pipeline plus the least Python a manager has to run
+  per task: a call that looks the type up and builds the row, an operation
+  object queued under a lock for a leader that takes the queue, a context
+  object per task and the result's JSON, the outcome's compare-and-set and
+  history built from a list of changes, and at the end one read per task as
+  ``wait`` does. Not a manager (no savepoints, callbacks, cancellation, or
+  errors): a bound on how far one written for this path could go.
 
 With huey installed (``pip install -e '.[bench]'``) it runs huey's figure
 from ``bench_huey.py`` in the same sitting and prints how many times huey's
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import queue
 import sqlite3
@@ -33,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 from taskmgr.store import Store
 
@@ -84,21 +93,34 @@ def sql_alone(sync: str, n: int) -> float:
     return n / elapsed
 
 
+class _Checkpointer(threading.Thread):
+    """The store's background checkpointer, reduced to its loop (NORMAL and OFF only, as there)."""
+
+    def __init__(self, path: str, sync: str) -> None:
+        super().__init__()
+        self.path, self.sync = path, sync
+        self.due, self.stop = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        con = sqlite3.connect(self.path, isolation_level=None)
+        con.execute(f"PRAGMA synchronous={self.sync}")
+        while self.due.wait() and not self.stop.is_set():
+            self.due.clear()
+            con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        con.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.due.set()
+        self.join()
+
+
 def pipeline(sync: str, n: int, workers: int = 4) -> float:
     """Tasks/s of the manager's work with the manager taken out (see the module docs)."""
     background = sync in ("NORMAL", "OFF")  # as the store: at FULL the commit checkpoints
     with tempfile.TemporaryDirectory() as tmp:
         path, db = _open(tmp, sync, Store.CHECKPOINT_BACKSTOP if background else None)
-        due, stop = threading.Event(), threading.Event()
-
-        def checkpointer() -> None:
-            con = sqlite3.connect(path, isolation_level=None)
-            con.execute(f"PRAGMA synchronous={sync}")
-            while due.wait() and not stop.is_set():
-                due.clear()
-                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            con.close()
-
+        checkpointer = _Checkpointer(path, sync) if background else None
         work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         done: collections.deque[int] = collections.deque()
 
@@ -107,9 +129,7 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
                 done.append(tid)
 
         threads = [threading.Thread(target=worker) for _ in range(workers)]
-        if background:
-            threads.append(threading.Thread(target=checkpointer))
-        for t in threads:
+        for t in threads + ([checkpointer] if checkpointer else []):
             t.start()
         c = db.cursor()
         last = None
@@ -123,12 +143,12 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
                 work.put(last)  # committed by the previous transaction: its worker runs during this sync
             c.execute("COMMIT")
             last = tid
-            if background and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
-                due.set()
+            if checkpointer and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
+                checkpointer.due.set()
         work.put(last)
         for _ in range(workers):
             work.put(None)
-        for t in threads[:workers]:
+        for t in threads:
             t.join()
         c.execute("BEGIN IMMEDIATE")
         now = int(time.time() * 1000)
@@ -136,10 +156,114 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
             c.execute(_FINISH, ("true", 0, "success", now, prev, "running"))
         c.execute("COMMIT")
         elapsed = time.perf_counter() - t0
-        stop.set()
-        due.set()
-        for t in threads[workers:]:
+        if checkpointer:
+            checkpointer.close()
+        db.close()
+    return n / elapsed
+
+
+class _Context:
+    __slots__ = ("task_id", "task_type", "name", "input", "graph", "graphspace", "retries", "progress")
+
+    def __init__(self, task_id: int, task_type: str, name: str, input: Any, graph: str, graphspace: str,
+                 retries: int, progress: int) -> None:
+        self.task_id, self.task_type, self.name, self.input = task_id, task_type, name, input
+        self.graph, self.graphspace, self.retries, self.progress = graph, graphspace, retries, progress
+
+
+class _LeanModel:
+    """See ``lean model`` in the module docs."""
+
+    def __init__(self, db: sqlite3.Connection, workers: int) -> None:
+        self.cursor = db.cursor()
+        self.lock = threading.Lock()
+        self.queue: collections.deque[tuple[Any, ...]] = collections.deque()  # ("new", row) / ("done", id, text)
+        self.wake: collections.deque[int] = collections.deque()  # committed tasks whose worker waits for a commit
+        self.work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.types = {"noop": lambda ctx: True}
+        self.generation = 0
+        self.threads = [threading.Thread(target=self.worker) for _ in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, task_type: str, input: Any = None, *, graph: str = "hugegraph",
+               graphspace: str = "DEFAULT") -> int:
+        if self.types.get(task_type) is None:
+            raise KeyError(task_type)
+        now = int(time.time() * 1000)
+        op = ["new", (graphspace, graph, task_type, task_type, "m.f", None if input is None else json.dumps(input),
+                      "node", 0, 1.0, None, 1, "running", now, now)]
+        with self.lock:
+            self.queue.append(op)  # type: ignore[arg-type]
+        self.commit()
+        self.wake.append(op[2])
+        return op[2]  # type: ignore[no-any-return]
+
+    def commit(self) -> None:
+        with self.lock:
+            batch = list(self.queue)
+            self.queue.clear()
+        c, now, changes = self.cursor, int(time.time() * 1000), []
+        c.execute("BEGIN IMMEDIATE")
+        for op in batch:
+            if op[0] == "new":
+                c.execute(_INSERT, op[1])
+                tid = c.lastrowid
+                op.append(tid)  # type: ignore[attr-defined]
+                changes += ((tid, None, "new"), (tid, "new", "queued"), (tid, "queued", "running"))
+            else:
+                c.execute(_FINISH, (op[2], 0, "success", now, op[1], "running"))
+                if c.rowcount == 1:
+                    changes.append((op[1], "running", "success"))
+        if changes:
+            params: list[Any] = []
+            for tid, frm, to in changes:
+                params += (tid, frm, to, now)
+            c.execute(_HISTORY + ", ".join(["(?, ?, ?, ?)"] * len(changes)), params)
+        while self.wake:
+            self.work.put(self.wake.popleft())
+        c.execute("COMMIT")
+        if any(to == "success" for _, _, to in changes):
+            self.generation += 1
+
+    def worker(self) -> None:
+        while (tid := self.work.get()) is not None:
+            ctx = _Context(tid, "noop", "noop", None, "hugegraph", "DEFAULT", 0, 0)
+            value = self.types["noop"](ctx)
+            text = "true" if value is True else json.dumps(value)
+            with self.lock:
+                self.queue.append(("done", tid, text))
+
+    def status(self, tid: int) -> str:
+        row = self.cursor.execute("SELECT * FROM taskmgr_task WHERE id = ?", (tid,)).fetchone()
+        return str(dict(zip([d[0] for d in self.cursor.description], row, strict=True))["status"])
+
+
+def lean_model(sync: str, n: int, workers: int = 4) -> float:
+    """Tasks/s of the lean model (see the module docs)."""
+    background = sync in ("NORMAL", "OFF")
+    with tempfile.TemporaryDirectory() as tmp:
+        path, db = _open(tmp, sync, Store.CHECKPOINT_BACKSTOP if background else None)
+        checkpointer = _Checkpointer(path, sync) if background else None
+        if checkpointer:
+            checkpointer.start()
+        model = _LeanModel(db, workers)
+        t0 = time.perf_counter()
+        ids = []
+        for i in range(n):
+            ids.append(model.submit("noop"))
+            if checkpointer and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
+                checkpointer.due.set()
+        for tid in ids:
+            while model.status(tid) != "success":
+                model.commit()  # the last outcomes, and the last wake-up, as the flusher would
+        elapsed = time.perf_counter() - t0
+        for _ in model.threads:
+            model.work.put(None)
+        for t in model.threads:
             t.join()
+        if checkpointer:
+            checkpointer.close()
         db.close()
     return n / elapsed
 
@@ -159,7 +283,9 @@ def main() -> None:
     for sync in args.sync:
         alone = statistics.median(sql_alone(sync, args.tasks) for _ in range(args.repeat))
         floor = statistics.median(pipeline(sync, args.tasks) for _ in range(args.repeat))
-        line = f"[{sync}] sql alone {alone:7.0f} tasks/s; pipeline (the floor) {floor:7.0f} tasks/s"
+        lean = statistics.median(lean_model(sync, args.tasks) for _ in range(args.repeat))
+        line = (f"[{sync}] sql alone {alone:7.0f} tasks/s; pipeline (the floor) {floor:7.0f} tasks/s; "
+                f"lean model {lean:7.0f} tasks/s")
         if run_huey is not None:
             try:
                 huey = statistics.median(run_huey(sync, args.tasks) for _ in range(args.repeat))
@@ -167,8 +293,9 @@ def main() -> None:
                 huey = None
             if huey:
                 budget = (1 / (3 * huey) - 1 / floor) * 1e6
-                line += (f"; huey {huey:6.0f} tasks/s: the floor is {floor / huey:.2f}x huey, and 3x huey "
-                         f"leaves {budget:.0f} us per task for the manager's own work")
+                line += (f"; huey {huey:6.0f} tasks/s: the floor is {floor / huey:.2f}x huey, the lean model "
+                         f"{lean / huey:.2f}x, and 3x huey leaves {budget:.0f} us per task for the manager's own "
+                         "work")
         print(line)
 
 
