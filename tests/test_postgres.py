@@ -109,3 +109,31 @@ def test_two_nodes_on_one_postgresql_run_each_task_exactly_once(pg) -> None:
         for node in nodes:
             node.shutdown()
         client.shutdown()
+
+
+def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
+    """The index walk that finds the graphspaces and graphs (a recursive query), and the merge."""
+    store = Store(pg)
+    try:
+        rows = []
+        for i in range(60):
+            gs, g, st = "ABC"[i % 3], f"g{i % 4}", [S.NEW, S.SUCCESS, S.FAILED][i % 5 % 3]
+
+            def op(tx, gs=gs, g=g, st=st):
+                tid = tx.insert({"graphspace": gs, "graph": g, "type": "t", "name": "n", "callable": "m.f"})
+                tx.execute("UPDATE taskmgr_task SET status = %s WHERE id = %s", (st.value, tid))
+                return tid
+
+            rows.append((store.write(op), gs, g, st))
+        assert store._distinct("graphspace") == ["A", "B", "C"]
+        assert store._distinct("graph", "A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
+        for scope in ({"graph": "g1"}, {"graph": "g2", "status": S.SUCCESS}, {"graphspace": "B"},
+                      {"graphspace": "C", "status": S.FAILED, "after": 20}):
+            for limit in (-1, 5):
+                got = [t.id for t in store.select(limit=limit, **scope)]
+                want = [tid for tid, gs, g, st in rows
+                        if tid > scope.get("after", 0) and scope.get("graph", g) == g
+                        and scope.get("graphspace", gs) == gs and scope.get("status", st) is st]
+                assert got == (want if limit < 0 else want[:limit]), (scope, limit)
+    finally:
+        store.close()
