@@ -4,8 +4,9 @@ Run ``python benchmarks/bench_scale.py`` (``--help`` for the knobs). Prints:
 
 * over ``--tasks`` records (1,000,000 by default) across 10 graphs and all
   twelve statuses: p50/p99 of ``list(status=..., limit=100)`` with and
-  without a graph, of ``get(id)``, and the time to reach the last page by
-  page tokens;
+  without a graph, of lists that name the graph without its graphspace or
+  the graphspace alone, of ``get(id)``, and the time to reach the last page
+  by page tokens;
 * the resident memory of an idle manager over that store, measured in a
   child process that opens it and lists;
 * the time ``start()`` takes over ``--interrupted`` tasks (100,000) left
