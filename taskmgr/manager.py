@@ -986,6 +986,16 @@ class TaskManager:
             elif outcome.status is S.PENDING and value:
                 self._executor.call_at(outcome.run_at / 1000.0, self._wake_due)  # type: ignore[operator]
 
+        if outcome.status is S.CANCELLED:
+            # someone asked for this and is watching for it: commit now (about a millisecond), not
+            # with the next write or the flusher's next look (up to 16 ms after a burst)
+            try:
+                value = self._store.write(_op_finish, task_id, outcome, savepoint=False)
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the write, the outcome is kept
+                done(False, exc)
+            else:
+                done(True, value)
+            return
         try:
             self._store.write_async(_op_finish, task_id, outcome, savepoint=False, callback=done)
         except StoreError:

@@ -301,6 +301,27 @@ def test_a_cancel_before_the_first_sleep_wakes_it_at_once(mgr: TaskManager) -> N
     assert mgr.wait(tid, WAIT).status is S.CANCELLED
 
 
+def test_a_cancelled_outcome_is_committed_at_once_not_with_the_next_write(tmp_path, monkeypatch) -> None:
+    """Outcomes ride along with the next write or wait for the flusher's next look; a CANCELLED one
+    has someone watching for it and is committed by its worker at once."""
+    from taskmgr.store import Store
+
+    monkeypatch.setattr(Store, "LINGER", 2.0)  # the flusher would take two seconds
+    monkeypatch.setattr(Store, "LINGER_MAX", 2.0)
+    started = threading.Event()
+
+    def sleeper(ctx: TaskContext) -> None:
+        started.set()
+        ctx.sleep(WAIT)
+
+    with TaskManager(str(tmp_path / "c.db"), workers=1, poll_interval=60) as m:
+        m.register("sleep", sleeper)
+        tid = m.submit("sleep")
+        assert started.wait(WAIT)
+        m.cancel(tid)
+        assert m.wait(tid, 1).status is S.CANCELLED
+
+
 def test_a_task_cancelled_while_queued_never_runs(mgr: TaskManager, gates: Gates) -> None:
     blockers = [mgr.submit("gate") for _ in range(2)]  # both workers busy
     for b in blockers:
