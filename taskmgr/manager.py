@@ -58,9 +58,10 @@ Durability
 Every call that reports success has been committed (see :mod:`taskmgr.store`:
 group commit). The outcome of a callable is queued when it returns and
 committed with the next write, or by the store's flusher (within about a
-millisecond on a quiet manager, up to 16 ms just after a burst); until then the
-task still reads RUNNING, and if the process dies first, the task is
-restored and runs again.
+millisecond on a quiet manager, up to 16 ms just after a burst; a CANCELLED
+outcome, which someone is watching for, is committed by its worker at once);
+until then the task still reads RUNNING, or CANCELLING, and if the process
+dies first, the task is restored and runs again.
 """
 
 from __future__ import annotations
