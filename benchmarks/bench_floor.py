@@ -93,13 +93,27 @@ def sql_alone(sync: str, n: int) -> float:
     return n / elapsed
 
 
+_BACKGROUND = ("NORMAL", "OFF")  # the levels at which the store checkpoints on a thread of its own
+
+
 class _Checkpointer(threading.Thread):
-    """The store's background checkpointer, reduced to its loop (NORMAL and OFF only, as there)."""
+    """The store's background checkpointer, reduced to its loop; as there, it runs only at NORMAL
+    and OFF (at FULL the committing connection checkpoints, and this one does nothing)."""
 
     def __init__(self, path: str, sync: str) -> None:
         super().__init__()
         self.path, self.sync = path, sync
+        self.active = sync in _BACKGROUND
         self.due, self.stop = threading.Event(), threading.Event()
+
+    def start(self) -> None:
+        if self.active:
+            super().start()
+
+    def committed(self, i: int) -> None:
+        """The ``i``-th commit is done: wake the loop every ``Store.CHECKPOINT_EVERY`` commits."""
+        if self.active and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
+            self.due.set()
 
     def run(self) -> None:
         con = sqlite3.connect(self.path, isolation_level=None)
@@ -110,17 +124,24 @@ class _Checkpointer(threading.Thread):
         con.close()
 
     def close(self) -> None:
-        self.stop.set()
-        self.due.set()
-        self.join()
+        if self.active:
+            self.stop.set()
+            self.due.set()
+            self.join()
+
+
+def _open_with_checkpointer(tmp: str, sync: str) -> tuple[sqlite3.Connection, _Checkpointer]:
+    """The store's file and a started checkpointer, the writers' autocheckpoint set as the store sets it."""
+    path, db = _open(tmp, sync, Store.CHECKPOINT_BACKSTOP if sync in _BACKGROUND else None)
+    checkpointer = _Checkpointer(path, sync)
+    checkpointer.start()
+    return db, checkpointer
 
 
 def pipeline(sync: str, n: int, workers: int = 4) -> float:
     """Tasks/s of the manager's work with the manager taken out (see the module docs)."""
-    background = sync in ("NORMAL", "OFF")  # as the store: at FULL the commit checkpoints
     with tempfile.TemporaryDirectory() as tmp:
-        path, db = _open(tmp, sync, Store.CHECKPOINT_BACKSTOP if background else None)
-        checkpointer = _Checkpointer(path, sync) if background else None
+        db, checkpointer = _open_with_checkpointer(tmp, sync)
         work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         done: collections.deque[int] = collections.deque()
 
@@ -129,7 +150,7 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
                 done.append(tid)
 
         threads = [threading.Thread(target=worker) for _ in range(workers)]
-        for t in threads + ([checkpointer] if checkpointer else []):
+        for t in threads:
             t.start()
         c = db.cursor()
         last = None
@@ -143,8 +164,7 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
                 work.put(last)  # committed by the previous transaction: its worker runs during this sync
             c.execute("COMMIT")
             last = tid
-            if checkpointer and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
-                checkpointer.due.set()
+            checkpointer.committed(i)
         work.put(last)
         for _ in range(workers):
             work.put(None)
@@ -156,8 +176,7 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
             c.execute(_FINISH, ("true", 0, "success", now, prev, "running"))
         c.execute("COMMIT")
         elapsed = time.perf_counter() - t0
-        if checkpointer:
-            checkpointer.close()
+        checkpointer.close()
         db.close()
     return n / elapsed
 
@@ -241,19 +260,14 @@ class _LeanModel:
 
 def lean_model(sync: str, n: int, workers: int = 4) -> float:
     """Tasks/s of the lean model (see the module docs)."""
-    background = sync in ("NORMAL", "OFF")
     with tempfile.TemporaryDirectory() as tmp:
-        path, db = _open(tmp, sync, Store.CHECKPOINT_BACKSTOP if background else None)
-        checkpointer = _Checkpointer(path, sync) if background else None
-        if checkpointer:
-            checkpointer.start()
+        db, checkpointer = _open_with_checkpointer(tmp, sync)
         model = _LeanModel(db, workers)
         t0 = time.perf_counter()
         ids = []
         for i in range(n):
             ids.append(model.submit("noop"))
-            if checkpointer and i % Store.CHECKPOINT_EVERY == Store.CHECKPOINT_EVERY - 1:
-                checkpointer.due.set()
+            checkpointer.committed(i)
         for tid in ids:
             while model.status(tid) != "success":
                 model.commit()  # the last outcomes, and the last wake-up, as the flusher would
@@ -262,8 +276,7 @@ def lean_model(sync: str, n: int, workers: int = 4) -> float:
             model.work.put(None)
         for t in model.threads:
             t.join()
-        if checkpointer:
-            checkpointer.close()
+        checkpointer.close()
         db.close()
     return n / elapsed
 
