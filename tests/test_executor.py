@@ -1,0 +1,180 @@
+"""The pool executor on its own: nothing lost, no more than ``workers`` at once, no task stuck
+behind a long one, and no thread left polling or parked once the work stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taskmgr.executor import PoolExecutor
+
+WAIT = 10.0  # seconds a liveness check waits before it fails (never reached when all is well)
+
+
+@pytest.fixture
+def pool() -> Iterator[PoolExecutor]:
+    ex = PoolExecutor(4)
+    ex.start()
+    yield ex
+    ex.shutdown(wait=True)
+
+
+class Tally:
+    """Counts runs per key and the most callables seen running at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: dict[int, int] = {}
+        self.now = 0
+        self.most = 0
+        self.all_done = threading.Event()
+        self.expected = 0
+
+    def job(self, key: int, hold: float = 0.0):  # noqa: ANN201
+        def run() -> None:
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            if hold:
+                time.sleep(hold)
+            with self.lock:
+                self.now -= 1
+                self.runs[key] = self.runs.get(key, 0) + 1
+                if sum(self.runs.values()) == self.expected:
+                    self.all_done.set()
+
+        return run
+
+
+def _until(cond, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + WAIT
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still waiting after {WAIT} s for {what}")
+        time.sleep(0.005)
+
+
+def test_every_callable_submitted_from_several_threads_runs_exactly_once(pool: PoolExecutor) -> None:
+    tally = Tally()
+    tally.expected = 4 * 500
+
+    def submitter(base: int) -> None:
+        for i in range(500):
+            pool.submit(tally.job(base + i))
+            if i % 97 == 0:
+                time.sleep(0.03)  # let the drains poll, then park, then be woken again
+
+    threads = [threading.Thread(target=submitter, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tally.all_done.wait(WAIT), f"{sum(tally.runs.values())} of {tally.expected} ran"
+    assert sorted(tally.runs) == sorted(k * 1000 + i for k in range(4) for i in range(500))
+    assert set(tally.runs.values()) == {1}
+    assert tally.most <= 4
+
+
+def test_tasks_behind_long_ones_get_the_other_workers(pool: PoolExecutor) -> None:
+    """Four callables that only finish together: each needs a worker of its own at once, including
+    the ones submitted while a drain polls (it takes one; the others must be woken or added)."""
+    barrier = threading.Barrier(4, timeout=WAIT)
+    passed = []
+
+    def meet() -> None:
+        barrier.wait()
+        passed.append(1)
+
+    pool.submit(lambda: None)  # a stream has started: a drain polls now
+    time.sleep(0.005)
+    for _ in range(4):
+        pool.submit(meet)
+    _until(lambda: len(passed) == 4, "four callables running together")
+
+
+def test_a_short_task_is_not_stuck_behind_a_long_one() -> None:
+    pool = PoolExecutor(2)
+    pool.start()
+    try:
+        release = threading.Event()
+        short_done = threading.Event()
+        pool.submit(lambda: release.wait(WAIT))
+        pool.submit(short_done.set)
+        assert short_done.wait(WAIT), "the short task waited for the long one"
+        assert not release.is_set()
+        release.set()
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_after_a_stream_no_drain_polls_and_the_threads_are_given_back(pool: PoolExecutor) -> None:
+    tally = Tally()
+    tally.expected = 200
+    for i in range(200):
+        pool.submit(tally.job(i))
+    assert tally.all_done.wait(WAIT)
+    _until(lambda: pool._polling == 0, "the polling drain to park")
+    _until(lambda: pool._draining == 0, "the drains to give their threads back")
+    assert pool._parked == 0 and pool._rung == 0 and pool._busy == 0
+
+
+def test_a_task_after_the_drains_parked_is_woken_at_once(pool: PoolExecutor) -> None:
+    ran = threading.Event()
+    pool.submit(lambda: None)
+    _until(lambda: pool._polling == 0 and pool._parked > 0, "the drain to park")
+    pool.submit(ran.set)
+    assert ran.wait(WAIT)
+
+
+def test_shutdown_ends_polling_and_parked_drains() -> None:
+    pool = PoolExecutor(4)
+    pool.STREAM_IDLE = pool.LINGER = 60.0  # the poller keeps polling, the others stay parked, until the shutdown
+    pool.start()
+    barrier = threading.Barrier(4, timeout=WAIT)
+    for _ in range(4):
+        pool.submit(barrier.wait)  # four drains: afterwards one polls, three park
+    _until(lambda: pool._busy == 0 and pool._polling == 1 and pool._parked == 3, "one drain polling, three parked")
+    pool.shutdown(wait=True)
+    _until(lambda: pool._draining == 0, "every drain to end")
+    pool.submit(lambda: pytest.fail("ran after shutdown"))
+    assert pool.queued == 0
+
+
+def test_reserve_counts_queued_callables_as_taking_workers(pool: PoolExecutor) -> None:
+    release = threading.Event()
+    for _ in range(3):
+        pool.submit(lambda: release.wait(WAIT))
+    _until(lambda: pool._busy == 3, "three callables running")
+    assert pool.reserve(4) == 1
+    assert pool.reserve(1) == 0
+    pool.release(1)
+    release.set()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(1, 12), st.sampled_from([0.0, 0.0005, 0.003]),
+                          st.sampled_from([0.0, 0.002, 0.025])), min_size=1, max_size=6))
+def test_bursts_of_any_shape_all_run_within_the_worker_limit(bursts: list[tuple[int, float, float]]) -> None:
+    """Bursts of callables (how many, how long each runs, the pause before the next burst:
+    sometimes long enough for the poller to park) all run once, never more than three at once."""
+    pool = PoolExecutor(3)
+    pool.start()
+    try:
+        tally = Tally()
+        tally.expected = sum(n for n, _, _ in bursts)
+        key = 0
+        for n, hold, pause in bursts:
+            for _ in range(n):
+                pool.submit(tally.job(key, hold))
+                key += 1
+            time.sleep(pause)
+        assert tally.all_done.wait(WAIT), f"{sum(tally.runs.values())} of {tally.expected} ran"
+        assert set(tally.runs.values()) == {1} and len(tally.runs) == key
+        assert tally.most <= 3
+    finally:
+        pool.shutdown(wait=True)
