@@ -102,19 +102,21 @@ class PoolExecutor:
 
     *Woken when quiet, polled under a stream* (as a network driver switches
     from interrupts to polling under load). A drain with nothing to do
-    either *polls* (at most one at a time: it looks at the FIFO every
-    :attr:`POLL` seconds) or is *parked* (blocked until woken, for at most
-    :attr:`LINGER` seconds, after which it gives its thread back). The drain
-    that runs out of work becomes the poller if there is none, and parks
-    once it has polled for :attr:`STREAM_IDLE` seconds without finding any.
-    :meth:`submit` wakes a parked drain (or adds one) only for callables no
-    poller will see. On a quiet manager a task therefore starts at once; in
-    a stream it waits for the poller's next look, at most :attr:`POLL`
-    seconds, and its submitter does not wake a thread. That wake-up (a
-    futex call, and another CPU's wake from idle) was measured at 10-15 us
-    on the submitting thread alone, and the hand-offs of the GIL around it
-    cost a stream of no-op tasks more than all the manager's Python: with
-    polling the same stream ran about N% faster (see benchmarks/README.rst).
+    either *polls* (at most :attr:`POLLERS` at a time: it looks at the FIFO
+    every :attr:`POLL` seconds) or is *parked* (blocked until woken, for at
+    most :attr:`LINGER` seconds, after which it gives its thread back). The
+    drain that runs out of work polls if fewer than :attr:`POLLERS` do, and
+    parks once it has polled for :attr:`STREAM_IDLE` seconds without finding
+    any. :meth:`submit` wakes a parked drain (or adds one) only for the
+    callables that no polling drain will take. So a task submitted to a quiet
+    manager starts at once, and one submitted in a stream (less than a
+    millisecond after the previous one finished) waits for the poller's next
+    look, up to :attr:`POLL`, while its submitter wakes no thread. That
+    wake-up (a futex call, and another CPU's return from idle) took the
+    submitting thread 10-15 us per task on the development machine, and the
+    GIL hand-offs around it more. Polling made a stream of no-op tasks 9.5% faster at
+    ``synchronous=NORMAL`` and 6% at FULL (A/B, medians of 5-7 runs); more
+    pollers, or shorter or longer polls, measured no better.
 
     :meth:`reserve` promises a worker to a call before it exists: the manager
     reserves one, commits a new task straight to RUNNING, then submits it
@@ -130,7 +132,7 @@ class PoolExecutor:
     #: how many idle drains poll at most (the others park)
     POLLERS = 1
     #: seconds of finding nothing after which the polling drain parks
-    STREAM_IDLE = 0.02
+    STREAM_IDLE = 0.001
 
     def __init__(self, workers: int = 4) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

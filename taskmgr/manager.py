@@ -16,14 +16,17 @@ A task submitted to a started manager is owned by it (``owner`` column) and
 handed to its executor at once. When a worker is free, the submit reserves
 it and writes the task straight to RUNNING (history NEW -> QUEUED -> RUNNING,
 one row written, one commit), and the reserved worker runs it after that
-commit: no second transaction before the callable starts. The worker is
-woken at once on a quiet manager; under a stream of writes (commits that
-callers wait for, less than a millisecond apart) it is woken as the next
-commit starts its wait for the disk, so that its Python runs during that
-wait rather than against the next batch's statements
+commit: no second transaction before the callable starts. The task is
+handed to the executor at once on a quiet manager; under a stream of writes
+(commits that callers wait for, less than a millisecond apart) it is handed
+over as the next commit starts its wait for the disk, so that the worker's
+Python runs during that wait rather than against the next batch's statements
 (:meth:`~taskmgr.store.Store.defer`; measured, 8% more tasks/s at FULL, 15%
-at NORMAL). Such a task reads RUNNING a little before its callable starts:
-until the next commit, or up to 16 ms for the last task of a stream.
+at NORMAL). A quiet executor wakes a worker for it; in a stream a polling
+worker takes it at its next look, within a millisecond (see
+:class:`~taskmgr.executor.PoolExecutor`). Such a task reads RUNNING a little
+before its callable starts: until the next commit and the worker's next
+look, or up to 16 ms for the last task of a stream.
 Otherwise the task is written QUEUED and waits in the executor's queue;
 its worker moves it QUEUED -> RUNNING (a compare-and-set, so a task
 cancelled meanwhile never starts) before running it. A task submitted to an
