@@ -81,6 +81,7 @@ import socket
 import sqlite3
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
@@ -265,7 +266,10 @@ class _Op:
         self.args = args
         self.savepoint = savepoint
         self.callback = callback
-        self.event: threading.Event | None = None  # set for a caller that waits on another's commit
+        #: held while a caller waits on another thread's commit, released when the batch is over (a
+        #: bare lock: a threading.Event is a Condition built in Python, and its creation, wait and
+        #: set cost a waiting writer several microseconds more)
+        self.event: Any = None
         self.at = 0.0  # when an asynchronous one was queued (monotonic)
         self.ok: bool | None = None  # None until its batch is over
         self.value: Any = None
@@ -273,7 +277,7 @@ class _Op:
     def resolve(self, ok: bool, value: Any) -> None:
         self.ok, self.value = ok, value
         if self.event is not None:
-            self.event.set()
+            self.event.release()
         if self.callback is not None:
             try:
                 self.callback(ok, value)
@@ -791,11 +795,12 @@ class Store:
             if lead:
                 self._leading = True
             else:
-                op.event = threading.Event()
+                op.event = _allocate_lock()
+                op.event.acquire()
         if lead:
             self._lead()
         else:
-            op.event.wait()  # type: ignore[union-attr]
+            op.event.acquire()  # released by the leader once the batch is over
         return op.result()  # type: ignore[no-any-return]
 
     def write_async(
