@@ -71,8 +71,9 @@ class Executor(Protocol):
     def start(self) -> None:
         """Start running submitted and timed calls."""
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn()`` on a worker as soon as one is free. Never drops it."""
+    def submit(self, fn: Callable[[], None], reserved: bool = False) -> None:
+        """Run ``fn()`` on a worker as soon as one is free. Never drops it. ``reserved``: on a worker
+        that :meth:`reserve` held for it (the manager passes it only when ``reserve`` held one)."""
 
     def reserve(self, n: int) -> int:
         """Hold up to ``n`` free workers for calls about to be submitted; return how many are

@@ -278,6 +278,7 @@ class TaskManager:
             clock=clock,
         )
         self._store.add_listener(self._on_commit)
+        self._reserve_fn: Callable[[int], int] | None = getattr(self._executor, "reserve", None)
         self.clock = clock
         self.max_input_size = max_input_size
         self.max_result_size = max_result_size
@@ -543,17 +544,19 @@ class TaskManager:
         elif dispatch:
             for i, tid in enumerate(ids):
                 if i < direct:
-                    # its worker is woken as the next commit waits for the disk (at once when no
-                    # other write is coming): see Store.defer
-                    self._store.defer(functools.partial(self._dispatch, tid, dict(rows[i], id=tid, retries=0,
-                                                                                  progress=0)))
+                    # handed to the executor as the next commit waits for the disk (at once when no
+                    # other write is coming): see Store.defer. The row is this call's own: completed
+                    # in place, it is what the worker runs.
+                    row = rows[i]
+                    row["id"], row["retries"], row["progress"] = tid, 0, 0
+                    self._store.defer(functools.partial(self._executor.submit, functools.partial(self._run, tid, row),
+                                                        reserved=True))
                 else:
                     self._dispatch(tid)
         return ids
 
     def _reserve(self, n: int) -> int:
-        reserve = getattr(self._executor, "reserve", None)
-        return 0 if reserve is None else reserve(n)
+        return 0 if self._reserve_fn is None else self._reserve_fn(n)
 
     def _spec(self, task_type: str) -> TaskType:
         spec = self._types.get(task_type) if isinstance(task_type, str) else None
@@ -906,13 +909,10 @@ class TaskManager:
         return False
 
     # ----------------------------------------------------------- execution
-    def _dispatch(self, task_id: int, started: dict[str, Any] | None = None) -> None:
-        """Hand a queued task to the executor; or, with ``started`` (its row, committed RUNNING),
-        to the worker its submit reserved."""
-        if started is None:
-            self._executor.submit(lambda: self._run(task_id))
-        else:
-            self._executor.submit(lambda: self._run(task_id, started), reserved=True)
+    def _dispatch(self, task_id: int) -> None:
+        """Hand a queued task to the executor (a task its submit committed RUNNING goes straight to
+        the worker it reserved: see :meth:`submit_many`)."""
+        self._executor.submit(lambda: self._run(task_id))
 
     def _run(self, task_id: int, row: dict[str, Any] | None = None) -> None:
         """The job the executor runs for one task: a queued one, or (``row`` given) one that its
@@ -1013,11 +1013,13 @@ class TaskManager:
     def _on_commit(self, changes: _List[tuple[int, Any, TaskStatus]]) -> None:
         # Runs on the committing thread, one commit at a time: the bump needs no lock. The
         # condition (and its lock) only when someone waits: under a stream of tasks nobody may.
-        if any(to in TERMINAL for _, _, to in changes):
-            self._generation += 1
-            if self._waiters:
-                with self._done:
-                    self._done.notify_all()
+        for _, _, to in changes:
+            if to in TERMINAL:
+                self._generation += 1
+                if self._waiters:
+                    with self._done:
+                        self._done.notify_all()
+                return
 
     # -------------------------------------------------------- housekeeping
     def _tick(self) -> None:

@@ -72,6 +72,7 @@ deterministic mode behind the inline executor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -121,6 +122,11 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _TEXT: dict[Any, str] = {st: st.value for st in TaskStatus}
 #: and back (the enum's own lookup by value costs more too)
 _BY_TEXT: dict[str, TaskStatus] = {st.value: st for st in TaskStatus}
+
+
+#: a Task's fields, in its order: the columns :meth:`Store.get` reads
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
+assert _TASK_FIELDS[:4] == ("id", "type", "name", "status") and _TASK_FIELDS[11:] == ("graph", "graphspace")
 
 
 def now_ms(clock: Callable[[], float] = time.time) -> int:
@@ -557,6 +563,10 @@ class Store:
             f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')} = {self.db.param}"
         )
         self._returning_all = f" RETURNING {', '.join(self._quote(f.column_name) for f in fields)}"
+        self._task_sql = (
+            f"SELECT {', '.join(self._col(name) for name in _TASK_FIELDS)} "
+            f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')} = {self.db.param}"
+        )
         H = self.History._meta
         self._history_sql = (
             f"INSERT INTO {self._quote(H.table_name)} "
@@ -641,10 +651,16 @@ class Store:
 
     def get(self, task_id: int, graphspace: str | None = None, graph: str | None = None) -> Task | None:
         """The task (in that graph, if named), or ``None``."""
-        row = self.row(task_id)
-        if row is None or not _in_scope(row, graphspace, graph):
+        with _wrap_db_errors:
+            cursor = self.db.cursor()
+            cursor.execute(self._task_sql, (task_id,))
+            found = cursor.fetchone()
+        # the columns of a Task, in its order (read without a row dict: it cost a fifth of a get)
+        if found is None or (graphspace is not None and found[12] != graphspace) or (
+            graph is not None and found[11] != graph
+        ):
             return None
-        return to_task(row)
+        return Task(found[0], found[1], found[2], _BY_TEXT.get(found[3], TaskStatus.UNKNOWN), *found[4:])
 
     def select(
         self,
