@@ -6,7 +6,10 @@ Run ``python benchmarks/bench_scale.py`` (``--help`` for the knobs). Prints:
   twelve statuses: p50/p99 of ``list(status=..., limit=100)`` with and
   without a graph, of lists that name the graph without its graphspace or
   the graphspace alone, of ``get(id)``, and the time to reach the last page
-  by page tokens;
+  by page tokens. With ``--graphspaces K`` the 10 graphs are spread over K
+  graphspaces under 10 / K names, each name in every graphspace (so a graph
+  named alone is K graphs, and a graphspace holds 10 / K): the lists that
+  merge across graphspaces;
 * the resident memory of an idle manager over that store, measured in a
   child process that opens it and lists;
 * the time ``start()`` takes over ``--interrupted`` tasks (100,000) left
@@ -28,14 +31,22 @@ from taskmgr import TaskManager, TaskStatus
 STATUSES = [s.value for s in TaskStatus]
 
 
-def _fill(path: str, n: int, status_sql: str) -> None:
+def _pairs(graphspaces: int) -> list[tuple[str, str]]:
+    """The 10 (graphspace, graph) pairs of the store: 10 graphs of DEFAULT, or spread over
+    ``graphspaces`` graphspaces, every graph name in each of them."""
+    if graphspaces == 1:
+        return [("DEFAULT", f"graph{g}") for g in range(10)]
+    return [(f"space{g % graphspaces}", f"graph{g // graphspaces}") for g in range(10)]
+
+
+def _fill(path: str, n: int, status_sql: str, graphspaces: int = 1) -> None:
     mgr = TaskManager(path, synchronous="OFF")
     mgr.register("noop", lambda ctx: None)
     per_graph = n // 10
-    for g in range(10):
+    for graphspace, graph in _pairs(graphspaces):
         for start in range(0, per_graph, 100_000):
             count = min(100_000, per_graph - start)
-            mgr.submit_many("noop", [{"i": start + i} for i in range(count)], graph=f"graph{g}")
+            mgr.submit_many("noop", [{"i": start + i} for i in range(count)], graph=graph, graphspace=graphspace)
     table = mgr._store.Task._meta.table_name  # set-up only: put the rows where the benchmark needs them
     mgr._store.db.execute_sql(f"UPDATE {table} SET {status_sql}")
     mgr.shutdown()
@@ -46,21 +57,22 @@ def _percentiles(samples: list[float]) -> str:
     return f"p50 {s[len(s) // 2] * 1e3:7.3f} ms  p99 {s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3:7.3f} ms"
 
 
-def reads(path: str, n: int, samples: int) -> None:
+def reads(path: str, n: int, samples: int, graphspaces: int = 1) -> None:
     mgr = TaskManager(path)
     rnd = random.Random(1)
+    pairs = _pairs(graphspaces)
+    names = sorted({g for _, g in pairs})
+    spaces = sorted({gs for gs, _ in pairs})
     for label, kwargs in [
         ("list(status, limit=100)", lambda: {"status": rnd.choice(STATUSES), "limit": 100}),
         ("list(graph, status, limit=100)",
-         lambda: {"graph": f"graph{rnd.randrange(10)}", "graphspace": "DEFAULT",
-                  "status": rnd.choice(STATUSES), "limit": 100}),
-        ("list(graph, limit=100)", lambda: {"graph": f"graph{rnd.randrange(10)}", "graphspace": "DEFAULT",
-                                            "limit": 100}),
+         lambda: dict(zip(("graphspace", "graph"), rnd.choice(pairs)), status=rnd.choice(STATUSES), limit=100)),
+        ("list(graph, limit=100)", lambda: dict(zip(("graphspace", "graph"), rnd.choice(pairs)), limit=100)),
         # an operator's `taskmgr list --graph g`: the graph named without its graphspace
-        ("list(graph only, limit=100)", lambda: {"graph": f"graph{rnd.randrange(10)}", "limit": 100}),
+        ("list(graph only, limit=100)", lambda: {"graph": rnd.choice(names), "limit": 100}),
         ("list(graph only, status, limit=100)",
-         lambda: {"graph": f"graph{rnd.randrange(10)}", "status": rnd.choice(STATUSES), "limit": 100}),
-        ("list(graphspace only, limit=100)", lambda: {"graphspace": "DEFAULT", "limit": 100}),
+         lambda: {"graph": rnd.choice(names), "status": rnd.choice(STATUSES), "limit": 100}),
+        ("list(graphspace only, limit=100)", lambda: {"graphspace": rnd.choice(spaces), "limit": 100}),
     ]:
         times = []
         for _ in range(samples):
@@ -78,10 +90,12 @@ def reads(path: str, n: int, samples: int) -> None:
     print(f"{'get(id)':38s} {_percentiles(times)}")
     t0 = time.perf_counter()
     token, pages = "", 0
+    graphspace, graph = pairs[-1]
     while token is not None:
-        token = mgr.list(graph="graph9", graphspace="DEFAULT", status="success", limit=1000, page=token).next_page
+        token = mgr.list(graph=graph, graphspace=graphspace, status="success", limit=1000, page=token).next_page
         pages += 1
-    print(f"{'last page by tokens (graph9, success)':38s} {time.perf_counter() - t0:7.3f} s over {pages} pages of 1000")
+    print(f"{'last page by tokens (' + graph + ', success)':38s} {time.perf_counter() - t0:7.3f} s over {pages} "
+          "pages of 1000")
     mgr.shutdown()
 
 
@@ -123,17 +137,22 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=1_000_000)
     p.add_argument("--interrupted", type=int, default=100_000)
     p.add_argument("--samples", type=int, default=300)
-    p.add_argument("--db", help="the large store to fill (or reuse); default: a temporary file")
+    p.add_argument("--graphspaces", type=int, default=1, choices=(1, 2, 5, 10),
+                   help="graphspaces the 10 graphs are spread over (see above)")
+    p.add_argument("--db", help="the large store to fill (or reuse, made with the same --graphspaces); "
+                   "default: a temporary file")
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="taskmgr-scale-")
     path = args.db or os.path.join(tmp, "scale.db")
     if not os.path.exists(path):
         t0 = time.perf_counter()
         _fill(path, args.tasks, "status = CASE id % 12 " + " ".join(
-            f"WHEN {i} THEN '{s}'" for i, s in enumerate(STATUSES)) + " END, owner = 'gone-host:1:dead'")
+            f"WHEN {i} THEN '{s}'" for i, s in enumerate(STATUSES)) + " END, owner = 'gone-host:1:dead'",
+              args.graphspaces)
         print(f"filled {args.tasks} tasks in {time.perf_counter() - t0:.1f} s")
-    print(f"python {sys.version.split()[0]}, {args.tasks} records, {args.samples} samples per read figure")
-    reads(path, args.tasks, args.samples)
+    print(f"python {sys.version.split()[0]}, {args.tasks} records in {args.graphspaces} graphspace(s), "
+          f"{args.samples} samples per read figure")
+    reads(path, args.tasks, args.samples, args.graphspaces)
     idle_memory(path)
     restart(args.interrupted)
 
