@@ -122,7 +122,11 @@ class PoolExecutor:
     :meth:`reserve` promises a worker to a call before it exists: the manager
     reserves one, commits a new task straight to RUNNING, then submits it
     with ``reserved=True``. A worker is free when the callables running,
-    waiting in the FIFO and reserved together number fewer than ``workers``.
+    waiting and reserved together number fewer than ``workers``. A promise is
+    kept: reserved calls wait apart from the others and are taken first, and
+    a drain takes an unreserved call only while a worker would be left for
+    every promise still open (else a long task queued a moment earlier could
+    take the worker, and a task already written RUNNING would wait for it).
     """
 
     synchronous = False
@@ -139,7 +143,8 @@ class PoolExecutor:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
-        self._ready: deque[Callable[[], None]] = deque()
+        self._ready: deque[Callable[[], None]] = deque()  # calls submitted without a reservation
+        self._promised: deque[Callable[[], None]] = deque()  # calls submitted on a reservation
         # wakes parked drains: one item per wake. A C-level queue: a drain parked on it costs a
         # semaphore, not a threading.Condition (whose Python-level waiter bookkeeping cost more
         # than a no-op task)
@@ -170,13 +175,15 @@ class PoolExecutor:
         with self._lock:
             if self._closed:
                 return 0
-            k = max(0, min(n, self.workers - self._busy - self._reserved - len(self._ready)))
+            k = max(0, min(n, self.workers - self._busy - self._reserved - self.queued))
             self._reserved += k
             return k
 
     def release(self, n: int) -> None:
         with self._lock:
             self._reserved -= n
+            if not self._closed:
+                self._cover()  # calls waiting for a worker that was promised may now take it
 
     def submit(self, fn: Callable[[], None], reserved: bool = False) -> None:
         with self._lock:
@@ -184,13 +191,28 @@ class PoolExecutor:
                 self._reserved -= 1
             if self._closed:
                 return  # shutting down: the manager hands the task back instead
-            self._ready.append(fn)
+            (self._promised if reserved else self._ready).append(fn)
             self._cover()
 
+    def _spare(self) -> int:
+        """Workers free beyond every open promise: how many unreserved calls may start now.
+        Caller holds the lock."""
+        return self.workers - self._busy - self._reserved - len(self._promised)
+
+    def _next(self) -> Callable[[], None] | None:
+        """The call a drain takes now, if any: a reserved one first. Caller holds the lock."""
+        if self._promised:
+            return self._promised.popleft()
+        if self._ready and self._spare() > 0:
+            return self._ready.popleft()
+        return None
+
     def _cover(self) -> None:
-        """Wake parked drains, or add drains, for the callables in the FIFO that no drain is about
-        to look for (each polling, woken or starting drain counts for one). Caller holds the lock."""
-        short = len(self._ready) - self._polling - self._rung - self._starting
+        """Wake parked drains, or add drains, for the calls that may start now and that no drain
+        is about to look for (each polling, woken or starting drain counts for one). Caller holds
+        the lock."""
+        startable = len(self._promised) + min(len(self._ready), max(0, self._spare()))
+        short = startable - self._polling - self._rung - self._starting
         while short > 0 and self._parked > self._rung:
             self._rung += 1
             self._bell.put(None)
@@ -220,15 +242,14 @@ class PoolExecutor:
             self._starting -= 1
         while True:
             with lock:
-                if ready and not self._closed:
-                    fn = ready.popleft()
+                fn = None if self._closed else self._next()
+                if fn is not None:
                     if polled_since:
                         self._polling -= 1
                         polled_since = 0.0
                     self._busy += 1
                     self._cover()  # a poller was counted as taking this one: others may need a drain
                 else:
-                    fn = None
                     if self._closed:
                         if polled_since:
                             self._polling -= 1
@@ -246,7 +267,8 @@ class PoolExecutor:
             if fn is not None:
                 try:
                     fn()
-                except Exception:  # the manager's job catches a task's errors; this is a bug
+                except BaseException:  # noqa: BLE001 - the manager's job catches a task's errors: a bug,
+                    # but one that must not end the drain (it would hold its place in the pool for good)
                     log.exception("a task job raised")
                 finally:
                     with lock:
@@ -260,7 +282,7 @@ class PoolExecutor:
             except queue.Empty:
                 with lock:
                     self._parked -= 1
-                    if self._rung <= self._parked and not (ready and not self._closed):
+                    if self._rung <= self._parked and (self._closed or not (self._promised or ready)):
                         self._draining -= 1  # no wake is meant for it, nothing waits: give the thread back
                         return
                     if self._rung > self._parked:  # a wake was put for it as its wait ended: take it
@@ -274,7 +296,7 @@ class PoolExecutor:
     @property
     def queued(self) -> int:
         """Callables accepted and waiting for a thread."""
-        return len(self._ready)
+        return len(self._ready) + len(self._promised)
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
@@ -300,10 +322,12 @@ class PoolExecutor:
         with self._lock:
             self._closed = True
             self._ready.clear()
+            self._promised.clear()
             for _ in range(self._parked - self._rung):  # wake every parked drain (the poller sees the flag)
                 self._rung += 1
                 self._bell.put(None)
-        if self._scheduler.running:
+        was_running = self._scheduler.running
+        if was_running:
             # APScheduler 3 marks itself stopped before it takes its job-store lock, so a
             # round of job processing still in flight then fails to remove a finished date job
             # and kills the scheduler thread with a JobLookupError. Pause first (new rounds
@@ -312,6 +336,12 @@ class PoolExecutor:
             with self._scheduler._jobstores_lock:
                 pass
             self._scheduler.shutdown(wait=wait)
+        if wait or not was_running:
+            # every drain job handed to the pool has run; one added but never handed over (the
+            # scheduler was paused first, or never started) never will: stop counting it
+            with self._lock:
+                self._draining -= self._starting
+                self._starting = 0
 
 
 class ManualTimer:

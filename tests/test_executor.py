@@ -178,3 +178,64 @@ def test_bursts_of_any_shape_all_run_within_the_worker_limit(bursts: list[tuple[
         assert tally.most <= 3
     finally:
         pool.shutdown(wait=True)
+
+
+def test_a_reserved_worker_is_not_taken_by_a_call_queued_meanwhile() -> None:
+    """The manager reserves a worker, commits its task RUNNING, then submits it: an unreserved call
+    (a queued task) submitted in between must not take that worker and leave the RUNNING one waiting."""
+    pool = PoolExecutor(1)
+    pool.start()
+    try:
+        release = threading.Event()
+        promised_ran = threading.Event()
+        assert pool.reserve(1) == 1
+        pool.submit(lambda: release.wait(3 * WAIT))  # queued meanwhile, no reservation
+        time.sleep(0.02)  # time enough for a drain to take it, were it allowed to
+        pool.submit(promised_ran.set, reserved=True)
+        assert promised_ran.wait(WAIT), "the reserved call waited behind an unreserved one"
+        assert not release.is_set()
+        release.set()
+        _until(lambda: pool.queued == 0 and pool._busy == 0, "the unreserved call to run after it")
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_a_released_reservation_lets_waiting_calls_start() -> None:
+    pool = PoolExecutor(1)
+    pool.start()
+    try:
+        ran = threading.Event()
+        assert pool.reserve(1) == 1
+        pool.submit(ran.set)
+        assert not ran.wait(0.05)  # the only worker is promised
+        pool.release(1)
+        assert ran.wait(WAIT)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_a_callable_that_raises_systemexit_does_not_cost_the_pool_a_worker() -> None:
+    pool = PoolExecutor(2)
+    pool.start()
+    try:
+        def leave() -> None:
+            raise SystemExit(3)
+
+        for _ in range(4):
+            pool.submit(leave)
+        ran = threading.Event()
+        pool.submit(ran.set)
+        assert ran.wait(WAIT)
+    finally:
+        pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_counters_settle_when_shutdown_follows_a_submit_at_once(started: bool) -> None:
+    pool = PoolExecutor(4)
+    if started:
+        pool.start()
+    for _ in range(4):
+        pool.submit(lambda: None)
+    pool.shutdown(wait=True)
+    assert (pool._draining, pool._starting, pool._parked, pool._polling, pool.queued) == (0, 0, 0, 0, 0)
