@@ -3,6 +3,7 @@ behind a long one, and no thread left polling or parked once the work stops."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -16,12 +17,21 @@ from taskmgr.executor import PoolExecutor
 WAIT = 10.0  # seconds a liveness check waits before it fails (never reached when all is well)
 
 
+@contextlib.contextmanager
+def started(workers: int) -> Iterator[PoolExecutor]:
+    """A started pool of ``workers``, shut down (waiting for its callables) on the way out."""
+    ex = PoolExecutor(workers)
+    ex.start()
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True)
+
+
 @pytest.fixture
 def pool() -> Iterator[PoolExecutor]:
-    ex = PoolExecutor(4)
-    ex.start()
-    yield ex
-    ex.shutdown(wait=True)
+    with started(4) as ex:
+        yield ex
 
 
 class Tally:
@@ -98,9 +108,7 @@ def test_tasks_behind_long_ones_get_the_other_workers(pool: PoolExecutor) -> Non
 
 
 def test_a_short_task_is_not_stuck_behind_a_long_one() -> None:
-    pool = PoolExecutor(2)
-    pool.start()
-    try:
+    with started(2) as pool:
         release = threading.Event()
         short_done = threading.Event()
         pool.submit(lambda: release.wait(WAIT))
@@ -108,8 +116,6 @@ def test_a_short_task_is_not_stuck_behind_a_long_one() -> None:
         assert short_done.wait(WAIT), "the short task waited for the long one"
         assert not release.is_set()
         release.set()
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_after_a_stream_no_drain_polls_and_the_threads_are_given_back(pool: PoolExecutor) -> None:
@@ -162,9 +168,7 @@ def test_reserve_counts_queued_callables_as_taking_workers(pool: PoolExecutor) -
 def test_bursts_of_any_shape_all_run_within_the_worker_limit(bursts: list[tuple[int, float, float]]) -> None:
     """Bursts of callables (how many, how long each runs, the pause before the next burst:
     sometimes long enough for the poller to park) all run once, never more than three at once."""
-    pool = PoolExecutor(3)
-    pool.start()
-    try:
+    with started(3) as pool:
         tally = Tally()
         tally.expected = sum(n for n, _, _ in bursts)
         key = 0
@@ -176,16 +180,12 @@ def test_bursts_of_any_shape_all_run_within_the_worker_limit(bursts: list[tuple[
         assert tally.all_done.wait(WAIT), f"{sum(tally.runs.values())} of {tally.expected} ran"
         assert set(tally.runs.values()) == {1} and len(tally.runs) == key
         assert tally.most <= 3
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_a_reserved_worker_is_not_taken_by_a_call_queued_meanwhile() -> None:
     """The manager reserves a worker, commits its task RUNNING, then submits it: an unreserved call
     (a queued task) submitted in between must not take that worker and leave the RUNNING one waiting."""
-    pool = PoolExecutor(1)
-    pool.start()
-    try:
+    with started(1) as pool:
         release = threading.Event()
         promised_ran = threading.Event()
         assert pool.reserve(1) == 1
@@ -196,28 +196,20 @@ def test_a_reserved_worker_is_not_taken_by_a_call_queued_meanwhile() -> None:
         assert not release.is_set()
         release.set()
         _until(lambda: pool.queued == 0 and pool._busy == 0, "the unreserved call to run after it")
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_a_released_reservation_lets_waiting_calls_start() -> None:
-    pool = PoolExecutor(1)
-    pool.start()
-    try:
+    with started(1) as pool:
         ran = threading.Event()
         assert pool.reserve(1) == 1
         pool.submit(ran.set)
         assert not ran.wait(0.05)  # the only worker is promised
         pool.release(1)
         assert ran.wait(WAIT)
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_a_callable_that_raises_systemexit_does_not_cost_the_pool_a_worker() -> None:
-    pool = PoolExecutor(2)
-    pool.start()
-    try:
+    with started(2) as pool:
         def leave() -> None:
             raise SystemExit(3)
 
@@ -226,8 +218,6 @@ def test_a_callable_that_raises_systemexit_does_not_cost_the_pool_a_worker() -> 
         ran = threading.Event()
         pool.submit(ran.set)
         assert ran.wait(WAIT)
-    finally:
-        pool.shutdown(wait=True)
 
 
 @pytest.mark.parametrize("started", [True, False])
