@@ -45,7 +45,7 @@ def test_every_pair_of_the_table_on_postgresql(pg) -> None:
         for frm, to in itertools.product(S, S):
             def op(tx, frm=frm):
                 tid = tx.insert({"graphspace": "G", "graph": "g", "type": "t", "name": "n", "callable": "m.f"})
-                tx.execute(f"UPDATE taskmgr_task SET status = %s WHERE id = %s", (frm.value, tid))
+                tx.execute("UPDATE taskmgr_task SET status = %s WHERE id = %s", (frm.value, tid))
                 return tid
 
             tid = store.write(op)
