@@ -112,7 +112,8 @@ def test_two_nodes_on_one_postgresql_run_each_task_exactly_once(pg) -> None:
 
 
 def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
-    """The index walk that finds the graphspaces and graphs (a recursive query), and the merge."""
+    """The index walk that finds the graphspaces and graphs (a recursive query), the merge, and the
+    lists' own statements (built for the driver's parameter style)."""
     store = Store(pg)
     try:
         rows = []
@@ -128,12 +129,17 @@ def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
         assert store._distinct("graphspace") == ["A", "B", "C"]
         assert store._distinct("graph", "A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
         for scope in ({"graph": "g1"}, {"graph": "g2", "status": S.SUCCESS}, {"graphspace": "B"},
-                      {"graphspace": "C", "status": S.FAILED, "after": 20}):
+                      {"graphspace": "C", "status": S.FAILED, "after": 20}, {"status": S.SUCCESS},
+                      {"status": S.NEW, "after": 30}, {"graphspace": "A", "graph": "g1", "status": S.NEW}, {}):
             for limit in (-1, 5):
                 got = [t.id for t in store.select(limit=limit, **scope)]
                 want = [tid for tid, gs, g, st in rows
                         if tid > scope.get("after", 0) and scope.get("graph", g) == g
                         and scope.get("graphspace", gs) == gs and scope.get("status", st) is st]
                 assert got == (want if limit < 0 else want[:limit]), (scope, limit)
+        picked = [tid for tid, *_ in rows[::7]]
+        assert [t.id for t in store.select(ids=picked, status=S.NEW)] == [tid for tid, _, _, st in rows[::7]
+                                                                          if st is S.NEW]
+        assert store.select(ids=[]) == []
     finally:
         store.close()
