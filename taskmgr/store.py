@@ -120,6 +120,8 @@ T = TypeVar("T")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: each status's stored text (``.value`` through the enum's descriptor costs more, on the hot path)
 _TEXT: dict[Any, str] = {st: st.value for st in TaskStatus}
+#: the same, and ``None`` as itself (a history row's ``from`` on creation)
+_TEXT_OR_RAW: dict[Any, str | None] = {**_TEXT, None: None}
 #: and back (the enum's own lookup by value costs more too)
 _BY_TEXT: dict[str, TaskStatus] = {st.value: st for st in TaskStatus}
 
@@ -381,26 +383,27 @@ class Tx:
             return []
         s = self.store
         cols = tuple(rows[0]) + ("status", "created", "updated")
-        extra = (path[-1].value, self.now, self.now)
+        extra = (_TEXT[path[-1]], self.now, self.now)
         ids: list[int] = []
         # SQLite caps bound parameters per statement; stay well under it.
         step = max(1, 30000 // len(cols))
         for i in range(0, len(rows), step):
-            chunk = rows[i : i + step]
+            chunk = rows[i : i + step] if len(rows) > step else rows
             params: list[Any] = []
             for r in chunk:
-                params.extend(r.values())
-                params.extend(extra)
+                params += r.values()
+                params += extra
             self.writes += 1
             if s.returning:
-                cursor = self._exec(s.insert_sql(cols, len(chunk), returning=True), params)
-                new = [int(r[0]) for r in cursor.fetchall()]
+                cursor = self._exec(s.insert_sql(cols, len(chunk), True), params)
+                ids += [int(r[0]) for r in cursor.fetchall()]
             else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
-                cursor = self._exec(s.insert_sql(cols, len(chunk)), params)
-                last = int(cursor.lastrowid)
-                new = list(range(last - len(chunk) + 1, last + 1))
-            ids.extend(new)
-        self.changes.extend((i, frm, to) for i in ids for frm, to in steps)
+                last = int(self._exec(s.insert_sql(cols, len(chunk), False), params).lastrowid)
+                ids += range(last - len(chunk) + 1, last + 1)
+        if len(ids) == 1:
+            self.changes += [(ids[0], frm, to) for frm, to in steps]
+        else:
+            self.changes += [(i, frm, to) for i in ids for frm, to in steps]
         return ids
 
     def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> bool:
@@ -443,10 +446,14 @@ class Tx:
         returned row (``returning``) or True when it moved, None when it did not."""
         fields["status"] = _TEXT[to]
         fields["updated"] = self.now
-        sql = self.store.update_sql(tuple(fields), by_status=True) + returning
-        cursor = self._exec(sql, (*fields.values(), task_id, _TEXT.get(frm, frm)))
-        found = cursor.fetchone() if returning else (True if cursor.rowcount == 1 else None)
-        if found is None:
+        sql = self.store.update_sql(tuple(fields), True)
+        if returning:
+            found = self._exec(sql + returning, (*fields.values(), task_id, _TEXT.get(frm, frm))).fetchone()
+            if found is None:
+                return None
+        elif self._exec(sql, (*fields.values(), task_id, _TEXT.get(frm, frm))).rowcount == 1:
+            found = True
+        else:
             return None
         self.writes += 1
         self.changes.append((task_id, frm, to))
@@ -454,7 +461,7 @@ class Tx:
 
     def update(self, task_id: int, statuses: Collection[TaskStatus], **fields: Any) -> bool:
         """Set columns other than the status, only while the task is in one of ``statuses``."""
-        sql = self.store.update_sql(tuple(fields), by_status=False, n_status=len(statuses))
+        sql = self.store.update_sql(tuple(fields), False, len(statuses))
         if self._exec(sql, (*fields.values(), task_id, *(st.value for st in statuses))).rowcount != 1:
             return False
         self.writes += 1
@@ -842,16 +849,17 @@ class Store:
         with self._mu:
             self._pending.append(op)
             self._sync_pending += 1
-            lead = not self._leading
-            if lead:
+            if self._leading:
+                op.event = wait = _allocate_lock()
+                wait.acquire()
+                batch = None
+            else:  # lead, starting with what is queued now
                 self._leading = True
-            else:
-                op.event = _allocate_lock()
-                op.event.acquire()
-        if lead:
-            self._lead()
+                batch = self._take()
+        if batch is None:
+            wait.acquire()  # released by the leader once the batch is over
         else:
-            op.event.acquire()  # released by the leader once the batch is over
+            self._lead(batch)
         return op.result()  # type: ignore[no-any-return]
 
     def write_async(
@@ -923,37 +931,32 @@ class Store:
             except Exception:  # pragma: no cover - a deferred call's bug must not break a commit
                 log.exception("deferred call failed")
 
-    def _lead(self, force: bool = False) -> None:
-        """Run batches until no caller is waiting (with ``force``, until nothing is queued).
+    def _lead(self, batch: list[_Op] | None = None, force: bool = False) -> None:
+        """Run ``batch``, then batches until no caller is waiting (with ``force``, until nothing is
+        queued).
 
         Called by the thread that set ``_leading``; clears it on the way out.
         Asynchronous operations left queued are the flusher's.
         """
         self._leader = threading.get_ident()
-        batch: list[_Op] = []
         try:
             while True:
-                with self._mu:
-                    if not self._pending or not (self._sync_pending or force):
-                        self._leading = False
-                        self._leader = None
-                        if self._pending and self._flusher_idle:
-                            self._wake.notify()
-                        return
-                    if len(self._pending) <= self.MAX_BATCH:  # the usual case: take it all
-                        batch = list(self._pending)
-                        self._pending.clear()
-                        self._sync_pending = 0
-                    else:
-                        batch = [self._pending.popleft() for _ in range(self.MAX_BATCH)]
-                        self._sync_pending -= sum(1 for op in batch if op.at == 0.0)
+                if batch is None:
+                    with self._mu:
+                        if not self._pending or not (self._sync_pending or force):
+                            self._leading = False
+                            self._leader = None
+                            if self._pending and self._flusher_idle:
+                                self._wake.notify()
+                            return
+                        batch = self._take()
                 self._run_batch(batch)
-                batch = []
+                batch = None
                 if not force:  # a caller waited for this commit: a stream is commits callers wait for
                     now = time.monotonic()
                     self._commit_gap, self._last_commit = now - self._last_commit, now
         except BaseException as exc:  # the leader was interrupted (KeyboardInterrupt): fail its batch, let go
-            for op in batch:
+            for op in batch or ():
                 if op.ok is None:
                     op.resolve(False, StoreError(f"the write was interrupted: {exc!r}"))
             with self._mu:
@@ -962,6 +965,18 @@ class Store:
                 if self._pending:  # hand the rest to the flusher: it leads whatever is queued
                     self._wake.notify()
             raise
+
+    def _take(self) -> list[_Op]:
+        """The next batch: everything queued, up to :attr:`MAX_BATCH`. Caller holds ``_mu``."""
+        pending = self._pending
+        if len(pending) <= self.MAX_BATCH:  # the usual case: take it all
+            batch = list(pending)
+            pending.clear()
+            self._sync_pending = 0
+        else:
+            batch = [pending.popleft() for _ in range(self.MAX_BATCH)]
+            self._sync_pending -= sum(1 for op in batch if op.at == 0.0)
+        return batch
 
     def _flusher_loop(self) -> None:
         """Commit asynchronous operations that nobody else committed in time.
@@ -1180,11 +1195,12 @@ class Store:
         if tx.deletions:  # drop the moves of tasks whose record was deleted after them in this batch
             deleted_at = {tid: pos for pos, tid in tx.deletions}
             changes = [c for i, c in enumerate(changes) if i >= deleted_at.get(c[0], -1)]
+        text = _TEXT_OR_RAW
         for i in range(0, len(changes), 200):
-            chunk = changes[i : i + 200]
+            chunk = changes[i : i + 200] if len(changes) > 200 else changes
             params: list[Any] = []
             for tid, frm, to in chunk:
-                params += (tid, None if frm is None else _TEXT.get(frm, frm), _TEXT[to], at)
+                params += (tid, text.get(frm, frm), text[to], at)
             tx._exec(self._history_insert_sql(len(chunk)), params)
 
     # ---------------------------------------------------------------- nodes
