@@ -640,7 +640,8 @@ class TaskManager:
         return TaskPage(tasks, None)
 
     def history(self, task_id: int | None = None) -> _List[Transition]:
-        """The recorded status changes of one task (or all tasks), oldest first."""
+        """The recorded status changes of one task, oldest first (or of every task, task by task in
+        id order)."""
         self._require_open()
         return self._store.history(None if task_id is None else _check_id(task_id))
 

@@ -302,7 +302,8 @@ def test_a_store_made_by_an_earlier_version_gets_todays_indexes_and_keeps_its_ta
     con = sqlite3.connect(path)
     with con:
         con.execute("DROP INDEX taskrecord_status_graphspace_graph_id")
-        con.execute('CREATE INDEX taskrecord_graphspace_graph_status_id ON taskmgr_task (graphspace, graph, status, id)')
+        con.execute("CREATE INDEX taskrecord_graphspace_graph_status_id "
+                    "ON taskmgr_task (graphspace, graph, status, id)")
         con.execute('CREATE INDEX taskrecord_status_id ON taskmgr_task (status, id)')
         con.execute('CREATE INDEX taskrecord_status_run_at ON taskmgr_task (status, run_at)')
     con.close()
