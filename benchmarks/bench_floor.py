@@ -6,8 +6,9 @@ drives the manager's own schema (a store is created, then used through raw
 prints tasks/s:
 
 * ``sql alone``: one thread; per task, in one transaction, the INSERT of a
-  RUNNING row, the UPDATE of the previous task to SUCCESS, the history rows
-  of both, and the COMMIT.
+  RUNNING row with its history (NEW, QUEUED, RUNNING), the UPDATE of the
+  previous task to SUCCESS appending its history entry, and the COMMIT: the
+  manager's statements (each task's history is in its row).
 * ``pipeline``: the same statements from one submitting thread, each task
   handed to one of 4 worker threads that hands its id back; outcomes ride
   along with the next commit, a worker is woken just before the next COMMIT
@@ -17,10 +18,12 @@ prints tasks/s:
 * ``lean model``: the pipeline plus the least Python a manager has to run
   per task: a call that looks the type up and builds the row, an operation
   object queued under a lock for a leader that takes the queue, a context
-  object per task and the result's JSON, the outcome's compare-and-set and
-  history built from a list of changes, and at the end one read per task as
+  object per task and the result's JSON, the outcome's compare-and-set with
+  its history entry and a list of changes, and at the end one read per task as
   ``wait`` does. Not a manager (no savepoints, callbacks, cancellation, or
   errors): a bound on how far one written for this path could go.
+
+The history entries are the manager's format, a JSON array per line.
 
 With huey installed (``pip install -e '.[bench]'``) it runs huey's figure
 from ``bench_huey.py`` in the same sitting and prints how many times huey's
@@ -46,9 +49,18 @@ from typing import Any
 from taskmgr.store import Store
 
 _INSERT = ("INSERT INTO taskmgr_task (graphspace, graph, type, name, callable, input, owner, max_retries, "
-           "retry_delay, run_at, ran, status, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-_FINISH = "UPDATE taskmgr_task SET result = ?, progress = ?, status = ?, updated = ? WHERE id = ? AND status = ?"
-_HISTORY = "INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES "
+           "retry_delay, run_at, ran, status, created, updated, history) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_FINISH = ("UPDATE taskmgr_task SET result = ?, progress = ?, status = ?, updated = ?, "
+           "history = COALESCE(history, '') || ? WHERE id = ? AND status = ?")
+
+
+def _created(now: int) -> str:
+    """The history of a task created RUNNING, in the manager's format."""
+    return f'[null,"new",{now}]\n["new","queued",{now}]\n["queued","running",{now}]\n'
+
+
+def _finished(now: int) -> str:
+    return f'["running","success",{now}]\n'
 
 
 def _open(tmp: str, sync: str, autocheckpoint: int | None) -> tuple[str, sqlite3.Connection]:
@@ -64,17 +76,14 @@ def _open(tmp: str, sync: str, autocheckpoint: int | None) -> tuple[str, sqlite3
 
 def _batch(c: sqlite3.Cursor, finished: list[int]) -> int:
     """One task's transaction, up to (not including) its COMMIT: insert it RUNNING, finish the
-    tasks in ``finished``, write the history of both. Returns the new id."""
+    tasks in ``finished``, each with its history. Returns the new id."""
     now = int(time.time() * 1000)
     c.execute("BEGIN IMMEDIATE")
     c.execute(_INSERT, ("DEFAULT", "hugegraph", "noop", "noop", "m.f", None, "node", 0, 1.0, None, 1, "running",
-                        now, now))
-    tid = c.lastrowid
-    rows = [(tid, None, "new", now), (tid, "new", "queued", now), (tid, "queued", "running", now)]
+                        now, now, _created(now)))
+    tid = int(c.lastrowid)
     for prev in finished:
-        c.execute(_FINISH, ("true", 0, "success", now, prev, "running"))
-        rows.append((prev, "running", "success", now))
-    c.execute(_HISTORY + ", ".join(["(?, ?, ?, ?)"] * len(rows)), [v for r in rows for v in r])
+        c.execute(_FINISH, ("true", 0, "success", now, _finished(now), prev, "running"))
     return tid
 
 
@@ -173,7 +182,7 @@ def pipeline(sync: str, n: int, workers: int = 4) -> float:
         c.execute("BEGIN IMMEDIATE")
         now = int(time.time() * 1000)
         for prev in done:
-            c.execute(_FINISH, ("true", 0, "success", now, prev, "running"))
+            c.execute(_FINISH, ("true", 0, "success", now, _finished(now), prev, "running"))
         c.execute("COMMIT")
         elapsed = time.perf_counter() - t0
         checkpointer.close()
@@ -211,7 +220,7 @@ class _LeanModel:
             raise KeyError(task_type)
         now = int(time.time() * 1000)
         op = ["new", (graphspace, graph, task_type, task_type, "m.f", None if input is None else json.dumps(input),
-                      "node", 0, 1.0, None, 1, "running", now, now)]
+                      "node", 0, 1.0, None, 1, "running", now, now, _created(now))]
         with self.lock:
             self.queue.append(op)  # type: ignore[arg-type]
         self.commit()
@@ -231,14 +240,9 @@ class _LeanModel:
                 op.append(tid)  # type: ignore[attr-defined]
                 changes += ((tid, None, "new"), (tid, "new", "queued"), (tid, "queued", "running"))
             else:
-                c.execute(_FINISH, (op[2], 0, "success", now, op[1], "running"))
+                c.execute(_FINISH, (op[2], 0, "success", now, _finished(now), op[1], "running"))
                 if c.rowcount == 1:
                     changes.append((op[1], "running", "success"))
-        if changes:
-            params: list[Any] = []
-            for tid, frm, to in changes:
-                params += (tid, frm, to, now)
-            c.execute(_HISTORY + ", ".join(["(?, ?, ?, ?)"] * len(changes)), params)
         while self.wake:
             self.work.put(self.wake.popleft())
         c.execute("COMMIT")
