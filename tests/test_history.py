@@ -143,3 +143,52 @@ def test_the_history_table_of_an_earlier_version_is_read_pruned_and_deleted_with
         assert s.History.select().count() == 0
     finally:
         s.close()
+
+
+def test_a_damaged_status_that_is_not_text_is_recorded_as_text(store) -> None:
+    """SQLite keeps a BLOB where text belongs; the history records it decoded, and the move is made
+    (a manager's start, which sends damaged records to UNKNOWN, once failed on it)."""
+    tid = _new(store)
+    store.write(lambda tx: tx.execute("UPDATE taskmgr_task SET status = ? WHERE id = ?", (b"\xfe\x01", tid)))
+    assert store.write(lambda tx: tx.move_from_stored(tid, b"\xfe\x01", S.UNKNOWN, result="damaged"))
+    assert store.history(tid)[-1][1:3] == ("\\xfe\x01", S.UNKNOWN)
+
+
+def test_an_unreadable_history_entry_is_skipped_and_the_rest_still_read(store, caplog) -> None:
+    a, b = _new(store), _new(store)
+    store.write(lambda tx: tx.execute("UPDATE taskmgr_task SET history = 'x' || history || '5\n' WHERE id = ?",
+                                      (a,)))
+    assert [t.task_id for t in store.history()] == [a, b, b]  # a keeps its one readable entry
+    assert [t.to_status for t in store.history(a)] == [S.QUEUED]
+    assert "not a JSON array" in caplog.text
+
+
+def test_pruning_drops_old_entries_wherever_they_are_in_the_row(store, clock) -> None:
+    """Nodes' clocks differ: an entry may be older than the one before it. Each goes by its own age."""
+    tid = _new(store)
+    clock.t -= 100  # the next change is dated before the creation
+    assert store.write(lambda tx: tx.move(tid, S.QUEUED, S.RUNNING))
+    assert store.prune_history(999_950_000) == 1
+    assert [t.to_status for t in store.history(tid)] == [S.NEW, S.QUEUED]
+
+
+def test_changes_of_a_node_of_an_earlier_version_are_placed_by_time(store, clock) -> None:
+    """Next to a node that still writes the history table (a rolling upgrade), each task's changes
+    from both sources come in time order."""
+    tid = _new(store)  # NEW, QUEUED at 1,000,000,000 in the row
+    store.write(lambda tx: tx.execute(
+        "INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES (?, 'queued', 'running', ?)",
+        (tid, 1_000_000_500)))
+    clock.t += 1
+    assert store.write(lambda tx: tx.execute(
+        "UPDATE taskmgr_task SET status = 'running' WHERE id = ?", (tid,)).rowcount == 1)
+    assert store.write(lambda tx: tx.move(tid, S.RUNNING, S.SUCCESS))
+    assert [(t.from_status, t.to_status) for t in store.history(tid)] == [
+        (None, S.NEW), (S.NEW, S.QUEUED), (S.QUEUED, S.RUNNING), (S.RUNNING, S.SUCCESS)]
+    assert check_history(store.history()) == {tid: S.SUCCESS}
+
+
+def test_rows_read_for_operations_leave_the_history_out(store) -> None:
+    tid = _new(store)
+    assert "history" not in store.write(lambda tx: tx.row(tid))
+    assert "history" not in store.rows_where(store.Task.id == tid)[0]

@@ -32,6 +32,13 @@ def _fresh():
     return db
 
 
+def _fresh_conn():
+    """Another connection to the same database: another node."""
+    from playhouse.db_url import connect
+
+    return connect(URL)
+
+
 @pytest.fixture
 def pg():
     db = _fresh()
@@ -143,3 +150,72 @@ def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
         assert store.select(ids=[]) == []
     finally:
         store.close()
+
+
+def test_a_prune_holds_the_rows_it_rewrites_so_another_nodes_move_is_kept(pg, monkeypatch) -> None:
+    """Under READ COMMITTED a move committed between the prune's read of a row and its rewrite
+    would be lost: the prune reads FOR UPDATE, and the move waits for it."""
+    from taskmgr.store import Tx
+
+    clock = [1000.0]
+    a, b = Store(pg, clock=lambda: clock[0]), Store(_fresh_conn(), clock=lambda: clock[0])
+    try:
+        tid = a.write(lambda tx: tx.insert({"graphspace": "G", "graph": "g", "type": "t", "name": "n",
+                                            "callable": "m.f"}, (S.NEW, S.QUEUED)))
+        clock[0] += 100
+        read, go = threading.Event(), threading.Event()
+        execute = Tx.execute
+
+        def paused(self, sql, params=()):
+            if sql.startswith("UPDATE") and '"history" = %s' in sql:  # the prune's rewrite, after its read
+                read.set()
+                go.wait(10)
+            return execute(self, sql, params)
+
+        monkeypatch.setattr(Tx, "execute", paused)
+        pruned = []
+        pruner = threading.Thread(target=lambda: pruned.append(a.prune_history(1_050_000)))
+        pruner.start()
+        assert read.wait(10)
+        mover = threading.Thread(target=lambda: b.write(lambda tx: tx.move(tid, S.QUEUED, S.RUNNING)))
+        mover.start()
+        mover.join(0.5)
+        assert mover.is_alive()  # it waits for the prune's lock on the row
+        go.set()
+        pruner.join(10)
+        mover.join(10)
+        assert pruned == [2]
+        assert [(t.from_status, t.to_status) for t in a.history(tid)] == [(S.QUEUED, S.RUNNING)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_nodes_opening_a_database_of_an_earlier_version_at_once_all_open_it(pg) -> None:
+    """Each makes the new index and drops the old ones; one at a time (an advisory lock), since
+    two at once deadlocked."""
+    Store(pg).close()
+    pg.execute_sql("DROP INDEX taskrecord_status_graphspace_graph_id")
+    pg.execute_sql("ALTER TABLE taskmgr_task DROP COLUMN history")
+    pg.execute_sql("CREATE INDEX taskrecord_graphspace_graph_status_id ON taskmgr_task (graphspace, graph, status, id)")
+    pg.execute_sql("CREATE INDEX taskrecord_status_id ON taskmgr_task (status, id)")
+    barrier, outcomes = threading.Barrier(6), []
+
+    def node() -> None:
+        db = _fresh_conn()
+        db.connect()
+        barrier.wait()
+        try:
+            Store(db).close()
+            outcomes.append("ok")
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            outcomes.append(repr(exc))
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=node) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert outcomes == ["ok"] * 6
