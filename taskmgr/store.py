@@ -70,7 +70,7 @@ can never disagree, and a deleted task takes its history along. An earlier
 version kept a history table: a second b-tree and its index written by every
 commit, and a pass of Python building its rows; moving the history into the
 row made a stream of no-op tasks 6% faster. That table is still read (its
-rows come first in a task's history), pruned and deleted from, never
+rows placed among the row's entries by time), pruned and deleted from, never
 written.
 
 *Synchronous mode.* ``Store(..., group_commit=False)`` runs each operation at
@@ -842,7 +842,8 @@ class Store:
 
     def history(self, task_id: int | None = None) -> list[Transition]:
         """Recorded status changes of one task, oldest first; or of every task, task by task in id
-        order. Changes recorded by earlier versions, in the history table, come first."""
+        order. Changes recorded in the history table (by earlier versions) are placed among the
+        row's entries by time."""
         H = self.History
         legacy = H.select().order_by(H.id)
         if task_id is not None:
