@@ -5,7 +5,9 @@ Workload (the performance issue's first): N no-op tasks submitted one by one
 from one thread, run by 4 worker threads; tasks/s from the first submit to the
 last result (huey: the last result read back; taskmgr: the last SUCCESS). Both
 use SQLite in WAL mode at the same ``synchronous`` level, FULL then NORMAL.
-Medians of ``--repeat`` alternating runs, and the ratio.
+Medians of ``--repeat`` alternating runs, their ratio, and the median of the
+ratios of each taskmgr run to the huey run that follows it (steadier when the
+machine's speed drifts during the runs).
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ def main() -> None:
             ours.append(run_taskmgr(sync, args.tasks))
             theirs.append(run_huey(sync, args.tasks))
         a, b = statistics.median(ours), statistics.median(theirs)
+        # each taskmgr run next to the huey run right after it: the machine's speed drifts (by 20% in
+        # a few minutes on the development machine), and a pair shares the moment
+        paired = statistics.median(x / y for x, y in zip(ours, theirs))
         print(f"[{sync}] taskmgr {a:7.0f} tasks/s  huey {b:7.0f} tasks/s  ratio {a / b:4.2f}x  "
+              f"median of paired ratios {paired:4.2f}x  "
               f"(taskmgr runs: {', '.join(f'{x:.0f}' for x in ours)}; huey runs: {', '.join(f'{x:.0f}' for x in theirs)})")
 
 
