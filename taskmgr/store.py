@@ -86,6 +86,7 @@ import heapq
 import itertools
 import json
 import logging
+import operator
 import os
 import socket
 import sqlite3
@@ -350,7 +351,7 @@ class Tx:
 
     def __init__(self, store: Store, cursor: Any) -> None:
         self.store = store
-        self.now = now_ms(store.clock)
+        self.now = 0  # set by the leader once it holds the write lock (see Store._attempt)
         self._cursor = cursor
         #: ``(task_id, from, to)`` of every move made so far in this transaction
         self.changes: list[tuple[int, TaskStatus | str | None, TaskStatus]] = []
@@ -413,7 +414,7 @@ class Tx:
         # SQLite caps bound parameters per statement; stay well under it.
         step = max(1, 30000 // len(cols))
         for i in range(0, len(rows), step):
-            chunk = rows[i : i + step] if len(rows) > step else rows
+            chunk = rows[i : i + step]
             params: list[Any] = []
             for r in chunk:
                 params += r.values()
@@ -425,10 +426,7 @@ class Tx:
             else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
                 last = int(self._exec(s.insert_sql(cols, len(chunk), False), params).lastrowid)
                 ids += range(last - len(chunk) + 1, last + 1)
-        if len(ids) == 1:
-            self.changes += [(ids[0], frm, to) for frm, to in steps]
-        else:
-            self.changes += [(i, frm, to) for i in ids for frm, to in steps]
+        self.changes += [(i, frm, to) for i in ids for frm, to in steps]
         return ids
 
     def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> bool:
@@ -745,11 +743,9 @@ class Store:
 
     def _ids(self, status: TaskStatus | None, graphspace: str, graph: str, after: int, limit: int) -> list[int]:
         """Ids of one graph's tasks (with that status), above ``after``: an index-only read."""
-        if status is None:
-            return [r[0] for r in self._read(self._list_sql(False, True, True, -1, True, True, "id"),
-                                             (graphspace, graph, after, limit))]
-        return [r[0] for r in self._read(self._list_sql(True, True, True, -1, True, True, "id"),
-                                         (status.value, graphspace, graph, after, limit))]
+        head = () if status is None else (status.value,)
+        sql = self._list_sql(status is not None, True, True, -1, True, True, "id")
+        return [r[0] for r in self._read(sql, (*head, graphspace, graph, after, limit))]
 
     def _select(self, status: TaskStatus | None, graphspace: str | None, graph: str | None,
                 ids: Iterable[int] | None, after: int, limit: int) -> list[Task]:
@@ -862,7 +858,7 @@ class Store:
         # an earlier version, alone or next to today's ones) are placed among the row's entries by
         # time, ties first.
         return [t for tid in sorted(old.keys() | new.keys())
-                for t in heapq.merge(old.get(tid, ()), new.get(tid, ()), key=_transition_at)]
+                for t in heapq.merge(old.get(tid, ()), new.get(tid, ()), key=operator.attrgetter("at"))]
 
     #: task rows rewritten per transaction by :meth:`prune_history`
     PRUNE_BATCH = 500
@@ -1340,10 +1336,6 @@ def _entry_at(line: str) -> int:
         return int(line[line.rindex(",") + 1 : -1])
     except ValueError:
         return 0  # unreadable (altered by hand): as old as can be
-
-
-def _transition_at(t: Transition) -> int:
-    return t.at
 
 
 def _parse_history(task_id: int, text: str) -> list[Transition]:
