@@ -1,0 +1,225 @@
+"""A task that finds no worker free at its submit: the commits after it try to start it.
+
+Each try is an operation in the transaction of a later commit that reserves a
+worker if one is free and moves the task QUEUED -> RUNNING (see "Who runs a
+task" in :mod:`taskmgr.manager`). These tests hold the only worker with a
+``gate`` task so that the tries meet a busy pool for as long as they need.
+"""
+
+from __future__ import annotations
+
+import time
+
+import peewee
+import pytest
+
+from conftest import WAIT, Gates, register_test_types
+from taskmgr import TaskManager, TaskStatus
+from taskmgr import manager as manager_module
+
+S = TaskStatus
+
+
+def _spy(monkeypatch, name: str, calls: list[int], fault=None):
+    """Record each call of ``manager_module.<name>`` by task id; ``fault(task_id, result)`` may raise."""
+    real = getattr(manager_module, name)
+
+    def spied(tx, *args):
+        task_id = args[-1]
+        calls.append(task_id)
+        result = real(tx, *args)
+        if fault is not None:
+            fault(task_id, result)
+        return result
+
+    monkeypatch.setattr(manager_module, name, spied)
+
+
+def _until(predicate, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen within {WAIT} s"
+        time.sleep(0.005)
+
+
+def _busy_manager(db_path: str, gates: Gates, tries: int, workers: int = 1) -> tuple[TaskManager, int]:
+    """A started manager whose workers are all held by gate tasks (the last one returned)."""
+    mgr = TaskManager(db_path, workers=workers, poll_interval=0.05)
+    mgr.START_TRIES = tries
+    register_test_types(mgr, gates)
+    mgr.start()
+    for _ in range(workers):
+        blocker = mgr.submit("gate")
+        gates.wait_started(blocker)
+    return mgr, blocker
+
+
+def _no_worker_held(mgr: TaskManager) -> None:
+    executor = mgr._executor
+    assert mgr._later == {}
+    assert executor._reserved == 0 and executor._busy == 0 and executor.queued == 0
+
+
+def test_a_task_that_found_the_workers_busy_is_started_by_a_later_commit(db_path: str, gates: Gates,
+                                                                         monkeypatch) -> None:
+    by_worker: list[int] = []
+    _spy(monkeypatch, "_op_start", by_worker)
+    mgr, blocker = _busy_manager(db_path, gates, tries=100_000)  # tries until the worker is free
+    try:
+        tid = mgr.submit("echo", "later")
+        assert mgr.get(tid).status is S.QUEUED
+        gates.release.set()
+        assert mgr.wait(tid, WAIT).result == '"later"'
+        assert by_worker == []  # no worker wrote its start: a commit did
+        assert [m.to_status for m in mgr.history(tid)] == [S.NEW, S.QUEUED, S.RUNNING, S.SUCCESS]
+        assert mgr.wait(blocker, WAIT).status is S.SUCCESS
+        _no_worker_held(mgr)
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_after_its_tries_a_task_waits_in_the_executors_queue_for_a_worker_to_start_it(
+    db_path: str, gates: Gates, monkeypatch
+) -> None:
+    tries: list[int] = []
+    by_worker: list[int] = []
+    _spy(monkeypatch, "_op_start_later", tries)
+    _spy(monkeypatch, "_op_start", by_worker)
+    mgr, _blocker = _busy_manager(db_path, gates, tries=3)
+    try:
+        tid = mgr.submit("echo", "queued")
+        _until(lambda: tid not in mgr._later, "the end of the tries")
+        assert tries.count(tid) == 3
+        assert mgr.get(tid).status is S.QUEUED and mgr._executor.queued == 1
+        gates.release.set()
+        assert mgr.wait(tid, WAIT).result == '"queued"'
+        assert by_worker == [tid]
+        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _no_worker_held(mgr)
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_without_tries_a_worker_starts_the_task(db_path: str, gates: Gates, monkeypatch) -> None:
+    tries: list[int] = []
+    _spy(monkeypatch, "_op_start_later", tries)
+    mgr, _blocker = _busy_manager(db_path, gates, tries=0)
+    try:
+        tid = mgr.submit("echo", 1)
+        assert mgr._later == {} and mgr._executor.queued == 1
+        gates.release.set()
+        assert mgr.wait(tid, WAIT).status is S.SUCCESS
+        assert tries == []
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+@pytest.mark.parametrize("control", ["cancel", "suspend", "delete"])
+def test_a_task_cancelled_suspended_or_deleted_while_its_start_is_tried_never_starts(
+    db_path: str, gates: Gates, control: str
+) -> None:
+    mgr, blocker = _busy_manager(db_path, gates, tries=100_000)
+    try:
+        tid = mgr.submit("echo", "never")
+        if control == "cancel":
+            assert mgr.cancel(tid)
+        elif control == "suspend":
+            mgr.suspend(tid)
+        else:
+            mgr.delete(tid, force=True)
+        gates.release.set()
+        assert mgr.wait(blocker, WAIT).status is S.SUCCESS
+        _until(lambda: tid not in mgr._later, "the end of the tries")
+        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        assert tid not in gates.ran
+        if control == "delete":
+            assert mgr.list(limit=-1)[0].id == blocker and len(mgr.list(limit=-1)) == 1
+        else:
+            statuses = [m.to_status for m in mgr.history(tid)]
+            assert S.RUNNING not in statuses
+            assert mgr.get(tid).status is (S.CANCELLED if control == "cancel" else S.PENDING)
+        _no_worker_held(mgr)
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_a_batch_run_again_does_not_reserve_a_second_worker(db_path: str, gates: Gates, monkeypatch) -> None:
+    """The try that reserves the freed worker and moves the task is followed, in the same batch,
+    by a lock error: the batch is rolled back and run again, and the second run must reuse the
+    reservation (two workers, both free by then: a second reservation would be taken, and
+    leak)."""
+    tries: list[int] = []
+    failed: list[int] = []
+
+    def locked_once(task_id: int, moved: object) -> None:
+        if moved and not failed:
+            failed.append(task_id)
+            raise peewee.OperationalError("database is locked")
+
+    _spy(monkeypatch, "_op_start_later", tries, locked_once)
+    mgr, blocker = _busy_manager(db_path, gates, tries=100_000, workers=2)
+    try:
+        tid = mgr.submit("echo", "again")
+        gates.release.set()
+        assert mgr.wait(tid, WAIT).status is S.SUCCESS
+        assert failed == [tid] and tries.count(tid) >= 2
+        assert mgr.wait(blocker, WAIT).status is S.SUCCESS
+        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _no_worker_held(mgr)
+        direct = mgr.submit("echo", "direct")  # the worker is free: a submit reserves it again
+        assert mgr.wait(direct, WAIT).status is S.SUCCESS
+        assert [m.to_status for m in mgr.history(direct)][:3] == [S.NEW, S.QUEUED, S.RUNNING]
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_a_try_whose_commit_fails_gives_its_worker_back_and_a_worker_starts_the_task(
+    db_path: str, gates: Gates, monkeypatch
+) -> None:
+    by_worker: list[int] = []
+    failed: list[int] = []
+
+    def full(task_id: int, moved: object) -> None:  # every time: the store splits a failed batch and retries
+        if moved:
+            failed.append(task_id)
+            raise peewee.OperationalError("database or disk is full")
+
+    _spy(monkeypatch, "_op_start_later", [], full)
+    _spy(monkeypatch, "_op_start", by_worker)
+    mgr, blocker = _busy_manager(db_path, gates, tries=100_000)
+    try:
+        tid = mgr.submit("echo", "by a worker")
+        gates.release.set()
+        assert mgr.wait(tid, WAIT).result == '"by a worker"'
+        assert set(failed) == {tid} and by_worker == [tid]
+        assert [m.to_status for m in mgr.history(tid)] == [S.NEW, S.QUEUED, S.RUNNING, S.SUCCESS]
+        assert mgr.wait(blocker, WAIT).status is S.SUCCESS
+        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _no_worker_held(mgr)
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_a_shutdown_hands_back_a_task_whose_start_was_still_tried(db_path: str, gates: Gates) -> None:
+    mgr, blocker = _busy_manager(db_path, gates, tries=100_000)
+    tid = mgr.submit("echo", "next time")
+    mgr.shutdown(wait=False)  # the gate still runs: abandoned, as by a crash
+    assert mgr._later == {}
+    gates.release.set()
+    again = TaskManager(db_path, workers=1)
+    register_test_types(again, gates)
+    try:
+        task = again.get(tid)
+        assert task.status is S.RESTORING
+        again.start()
+        assert again.wait(tid, WAIT).result == '"next time"'
+        assert again.wait(blocker, WAIT).status is S.SUCCESS
+        assert S.RUNNING not in [m.to_status for m in again.history(tid)][:-2]
+    finally:
+        again.shutdown()
