@@ -398,34 +398,35 @@ class Tx:
         :raises InvalidTransition: when ``path`` does not start at NEW or
             takes a step the table does not allow.
         """
-        steps = _creation(tuple(path))
         if not rows:
+            _creation(tuple(path))  # still refuses a bad path
             return []
         s = self.store
-        if s.history_enabled:
-            cols = tuple(rows[0]) + ("status", "created", "updated", "history")
-            tail = f"{self.now}]\n"
-            extra: tuple[Any, ...] = (_TEXT[path[-1]], self.now, self.now,
-                                      tail.join(_entry_head(frm, to) for frm, to in steps) + tail)
-        else:
-            cols = tuple(rows[0]) + ("status", "created", "updated")
-            extra = (_TEXT[path[-1]], self.now, self.now)
-        ids: list[int] = []
-        # SQLite caps bound parameters per statement; stay well under it.
-        step = max(1, 30000 // len(cols))
-        for i in range(0, len(rows), step):
-            chunk = rows[i : i + step]
-            params: list[Any] = []
-            for r in chunk:
-                params += r.values()
-                params += extra
+        cols, steps, heads, status, per_statement = s._insert_plan(tuple(rows[0]), tuple(path))
+        now = self.now
+        extra: tuple[Any, ...] = (status, now, now)
+        if heads:
+            tail = f"{now}]\n"
+            extra += (tail.join(heads) + tail,)
+        ids: list[int]
+        if len(rows) == 1 and not s.returning:  # a submit: one statement, one tuple, no loop
             self.writes += 1
-            if s.returning:
-                cursor = self._exec(s.insert_sql(cols, len(chunk), True), params)
-                ids += [int(r[0]) for r in cursor.fetchall()]
-            else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
-                last = int(self._exec(s.insert_sql(cols, len(chunk), False), params).lastrowid)
-                ids += range(last - len(chunk) + 1, last + 1)
+            ids = [int(self._exec(s.insert_sql(cols), (*rows[0].values(), *extra)).lastrowid)]
+        else:
+            ids = []
+            for i in range(0, len(rows), per_statement):
+                chunk = rows[i : i + per_statement]
+                params: list[Any] = []
+                for r in chunk:
+                    params += r.values()
+                    params += extra
+                self.writes += 1
+                if s.returning:
+                    cursor = self._exec(s.insert_sql(cols, len(chunk), True), params)
+                    ids += [int(r[0]) for r in cursor.fetchall()]
+                else:  # SQLite: one statement under the write lock gets consecutive AUTOINCREMENT ids
+                    last = int(self._exec(s.insert_sql(cols, len(chunk), False), params).lastrowid)
+                    ids += range(last - len(chunk) + 1, last + 1)
         self.changes += [(i, frm, to) for i in ids for frm, to in steps]
         return ids
 
@@ -669,6 +670,22 @@ class Store:
         where = f"{self._col('id')} = {p} AND {self._col('status')} "
         where += f"= {p}" if by_status else f"IN ({', '.join([p] * n_status)})"
         return f"UPDATE {table} SET {sets} WHERE {where}"
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _insert_plan(self, keys: tuple[str, ...], path: tuple[TaskStatus, ...]) -> tuple[
+        tuple[str, ...], tuple[tuple[TaskStatus | None, TaskStatus], ...], tuple[str, ...], str, int
+    ]:
+        """What :meth:`Tx.insert_many` needs for rows with ``keys`` created along ``path``, worked
+        out once per shape: the columns written, the history steps and their entries up to the
+        time (none when history is off), the stored status, and rows per statement (SQLite caps
+        bound parameters per statement; this stays well under it)."""
+        steps = _creation(path)
+        if self.history_enabled:
+            cols = keys + ("status", "created", "updated", "history")
+            heads = tuple(_entry_head(frm, to) for frm, to in steps)
+        else:
+            cols, heads = keys + ("status", "created", "updated"), ()
+        return cols, steps, heads, _TEXT[path[-1]], max(1, 30000 // len(cols))
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def insert_sql(self, cols: tuple[str, ...], rows: int = 1, returning: bool = False) -> str:
