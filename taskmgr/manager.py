@@ -548,19 +548,8 @@ class TaskManager:
         direct = self._reserve(len(rows)) if dispatch and run_at is None else 0
         for row in rows[:direct]:
             row["ran"] = 1
-
-        def op(tx: Tx) -> list[int]:
-            if run_at is not None:
-                return tx.insert_many(rows, _PATH_PENDING)
-            if not dispatch:
-                return tx.insert_many(rows)
-            ids = tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []
-            if direct < len(rows):
-                ids += tx.insert_many(rows[direct:], _PATH_QUEUED)
-            return ids
-
         try:
-            ids = self._store.write(op, savepoint=False)
+            ids = self._store.write(_op_insert, rows, direct, run_at is not None, dispatch, savepoint=False)
         except BaseException:
             if direct:
                 self._executor.release(direct)
@@ -569,21 +558,21 @@ class TaskManager:
             self._executor.call_at(run_at / 1000.0, self._wake_due)
         elif dispatch:
             for i, tid in enumerate(ids):
+                row = rows[i]  # this call's own: completed in place, it is what the worker runs
+                row["id"], row["retries"], row["progress"] = tid, 0, 0
                 if i < direct:
-                    # handed to the executor as the next commit waits for the disk (at once when no
-                    # other write is coming): see Store.defer. The row is this call's own: completed
-                    # in place, it is what the worker runs.
-                    row = rows[i]
-                    row["id"], row["retries"], row["progress"] = tid, 0, 0
-                    self._store.defer(functools.partial(self._executor.submit, functools.partial(self._run, tid, row),
-                                                        reserved=True))
+                    self._hand_over(tid, row)
                 elif self.START_TRIES and len(self._later) < self._later_max:
-                    row = rows[i]
-                    row["id"], row["retries"], row["progress"] = tid, 0, 0
                     self._start_later(tid, row, 0)
                 else:
                     self._dispatch(tid)
         return ids
+
+    def _hand_over(self, tid: int, row: dict[str, Any]) -> None:
+        """Give a task committed RUNNING to the worker reserved for it, as the next commit waits for
+        the disk (at once when no other write is coming): see Store.defer."""
+        self._store.defer(functools.partial(self._executor.submit, functools.partial(self._run, tid, row),
+                                            reserved=True))
 
     def _start_later(self, tid: int, row: dict[str, Any], tries: int) -> None:
         """Try to start a task written QUEUED for want of a free worker in the next commit's
@@ -601,8 +590,7 @@ class TaskManager:
         the next commit, or leave it to the executor's queue."""
         held = self._later.pop(tid)
         if ok and value:  # committed RUNNING, with a worker reserved
-            self._store.defer(functools.partial(self._executor.submit, functools.partial(self._run, tid, row),
-                                                reserved=True))
+            self._hand_over(tid, row)
             return
         if held:
             self._executor.release(1)
@@ -1223,6 +1211,19 @@ class TaskManager:
 def _op_start(tx: Tx, task_id: int) -> dict[str, Any] | None:
     """QUEUED -> RUNNING; the row to run, or None if the task is no longer queued."""
     return tx.move_returning(task_id, S.QUEUED, S.RUNNING, ran=1)
+
+
+def _op_insert(tx: Tx, rows: _List[dict[str, Any]], direct: int, pending: bool, dispatch: bool) -> _List[int]:
+    """A submit's rows: waiting PENDING (a delay), NEW (an idle manager), or owned by this node,
+    the first ``direct`` straight to RUNNING (a worker is reserved for each) and the rest QUEUED."""
+    if pending:
+        return tx.insert_many(rows, _PATH_PENDING)
+    if not dispatch:
+        return tx.insert_many(rows)
+    if direct == len(rows):
+        return tx.insert_many(rows, _PATH_RUNNING)
+    return (tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []) + tx.insert_many(rows[direct:],
+                                                                                             _PATH_QUEUED)
 
 
 def _op_start_later(tx: Tx, mgr: TaskManager, task_id: int) -> bool | None:
