@@ -319,6 +319,7 @@ class TaskManager:
         self._cancel_lock = threading.Lock()
         #: tasks of this node cancelled while RUNNING before their worker registered them
         self._early_cancels: set[int] = set()
+        self._early_seen: set[int] = set()  # those of them there at the last poll
         #: tasks written QUEUED whose start a coming commit tries (see _start_later): whether each
         #: holds a reserved worker
         self._later: dict[int, bool] = {}
@@ -1103,7 +1104,15 @@ class TaskManager:
             ctx._mark_saved(value)
 
     def _poll_running(self) -> None:
-        """Notice cancels requested by other processes for tasks running here."""
+        """Notice cancels requested by other processes for tasks running here; forget the early
+        cancels (see :meth:`cancel`) that no worker took since the last poll."""
+        if self._early_cancels or self._early_seen:
+            # Still there a poll later: the cancel raced its task's end (the worker had finished
+            # and let go of the task as the cancel looked for it), and no worker will ever take it.
+            # Were one still to come, this loop delivers the cancel from the row once it registers.
+            with self._cancel_lock:
+                self._early_cancels -= self._early_seen
+                self._early_seen = set(self._early_cancels)
         running = list(self._running)
         if not running:
             return

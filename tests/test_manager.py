@@ -322,6 +322,41 @@ def test_a_cancelled_outcome_is_committed_at_once_not_with_the_next_write(tmp_pa
         assert m.wait(tid, 1).status is S.CANCELLED
 
 
+def test_a_cancel_that_loses_the_race_with_its_tasks_end_leaves_nothing_behind(tmp_path, gates: Gates,
+                                                                               monkeypatch) -> None:
+    """The cancel commits CANCELLING, then the callable (which never looks) returns and its worker
+    lets go of the task before the cancel looks for it there: the cancel keeps it as an early
+    cancel for a worker that will never come. The poll after next forgets it."""
+    import time
+
+    from conftest import register_test_types
+
+    with TaskManager(str(tmp_path / "race.db"), workers=1, poll_interval=0.05) as m:
+        register_test_types(m, gates)
+        tid = m.submit("gate")
+        gates.wait_started(tid)
+        real_write = m._store.write
+
+        def write_then_let_the_task_end(fn, *args, **kwargs):
+            out = real_write(fn, *args, **kwargs)
+            gates.release.set()
+            deadline = time.monotonic() + WAIT
+            while tid in m._running:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            return out
+
+        monkeypatch.setattr(m._store, "write", write_then_let_the_task_end)
+        assert m.cancel(tid)
+        monkeypatch.undo()
+        assert tid in m._early_cancels  # the race happened
+        deadline = time.monotonic() + WAIT
+        while tid in m._early_cancels:
+            assert time.monotonic() < deadline, "the early cancel of a finished task was never forgotten"
+            time.sleep(0.01)
+        assert m.wait(tid, WAIT).status.terminal
+
+
 def test_a_task_cancelled_while_queued_never_runs(mgr: TaskManager, gates: Gates) -> None:
     blockers = [mgr.submit("gate") for _ in range(2)]  # both workers busy
     for b in blockers:
