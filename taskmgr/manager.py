@@ -170,15 +170,52 @@ class _Outcome:
     run_at: int | None = None
 
 
-def _encode_json(value: Any, what: str) -> str:
-    if value is None or value is True or value is False:  # the commonest results, without the encoder
-        return "null" if value is None else "true" if value else "false"
+# A value's JSON is json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# without its circular-reference check (a value that contains itself ends in a RecursionError,
+# reported as such). json.dumps builds an encoder, and the encoder a C encoder, for every call: the
+# C encoder made once encodes a small input in 1 us instead of 4, a third of a submit_many's time.
+# It keeps no state between calls (safe from any thread); where the C encoder is missing or no
+# longer takes these arguments, the JSONEncoder made once (2.5 us) does the work.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
+
+
+def _make_dumps() -> Callable[[Any], str]:
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+        make = c_make_encoder(None, _JSON.default, encode_basestring, None, ":", ",", False, False, False)
+        sample = {"a": [1, 2.5, "\u00e9\n\"", None, True, False], "b": {"c": -1}, "": "x"}
+        if "".join(make(sample, 0)) == _JSON.encode(sample) and "".join(make("s", 0)) == '"s"':
+            return lambda value: "".join(make(value, 0))
+    except Exception:  # noqa: BLE001 - no C encoder, or one of another signature: the plain one
+        pass
+    return _JSON.encode
+
+
+_dumps = _make_dumps()
+
+
+def _encode_json(value: Any, what: str) -> tuple[str, int]:
+    """The JSON text of ``value`` and its size in UTF-8 bytes.
+
+    :raises InvalidArgument: for a value JSON cannot hold, and for a string with a lone surrogate
+        (UTF-8 cannot store one: the database would refuse the text, or a result could not be
+        recorded at all).
+    """
+    if value is None or value is True or value is False:  # the commonest results, without the encoder
+        return ("null", 4) if value is None else ("true", 4) if value else ("false", 5)
+    try:
+        text = _dumps(value)
+        return text, len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"task {what} holds a lone surrogate ({exc.object[exc.start]!r}), which UTF-8 text cannot store: "
+            "remove it, or send such data as base64"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"task {what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
-        raise InvalidArgument(f"task {what} is nested too deeply to be stored as JSON") from None
+        raise InvalidArgument(f"task {what} is nested too deeply, or contains itself, to be stored as JSON") from None
 
 
 def _check_id(task_id: object) -> int:
@@ -196,8 +233,14 @@ def _check_name(value: object, what: str) -> str:
 
 
 def _error_text(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``Type: message`` of a task's error, always storable: an error whose ``str()`` fails is
+    named by its type, and a lone surrogate in its message is written as an escape."""
+    try:
+        text = str(exc)
+    except Exception as failed:  # noqa: BLE001 - the callable's exception, whatever its __str__ does
+        text = f"(its message could not be read: {type(failed).__name__})"
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def encode_page(after: int) -> str:
@@ -520,28 +563,29 @@ class TaskManager:
             raise InvalidArgument(f"delay must be a non-negative number of seconds, got {delay!r}")
         run_at = None if delay is None else now_ms(self.clock) + int(delay * 1000)
         dispatch = self.running
+        # every row is this one with its own input (a copy costs a third of a dict display)
+        base = {
+            "graphspace": graphspace,
+            "graph": graph,
+            "type": spec.name,
+            "name": name,
+            "callable": spec.callable,
+            "input": None,
+            "owner": self.node if dispatch else None,
+            "max_retries": retries,
+            "retry_delay": float(backoff),
+            "run_at": run_at,
+            "ran": 0,
+        }
         rows = []
+        limit = self.max_input_size
         for value in inputs:
-            text = None if value is None else _encode_json(value, "input")
-            if text is not None:
-                size = len(text.encode("utf-8"))
-                if size > self.max_input_size:
-                    raise LimitExceeded("input", size, self.max_input_size)
-            rows.append(
-                {
-                    "graphspace": graphspace,
-                    "graph": graph,
-                    "type": spec.name,
-                    "name": name,
-                    "callable": spec.callable,
-                    "input": text,
-                    "owner": self.node if dispatch else None,
-                    "max_retries": retries,
-                    "retry_delay": float(backoff),
-                    "run_at": run_at,
-                    "ran": 0,
-                }
-            )
+            row = base.copy()
+            if value is not None:
+                row["input"], size = _encode_json(value, "input")
+                if size > limit:
+                    raise LimitExceeded("input", size, limit)
+            rows.append(row)
         if not rows:
             return []
         # Tasks for which a worker is free go straight to RUNNING in this same transaction:
@@ -1010,10 +1054,10 @@ class TaskManager:
 
     def _success(self, value: Any, ctx: TaskContext) -> _Outcome:
         try:
-            text = _encode_json(value, "result")
-        except InvalidArgument as exc:
+            text, size = _encode_json(value, "result")
+        except Exception as exc:  # noqa: BLE001 - not JSON, or a value whose own methods raise: the
+            # task fails with the reason (escaping here would leave it RUNNING with no worker)
             return _Outcome(S.FAILED, _error_text(exc), ctx.progress)
-        size = len(text.encode("utf-8"))
         if size > self.max_result_size:
             return _Outcome(S.FAILED, _error_text(LimitExceeded("result", size, self.max_result_size)), ctx.progress)
         return _Outcome(S.SUCCESS, text, ctx.progress)

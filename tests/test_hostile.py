@@ -85,6 +85,16 @@ def test_a_body_nested_too_deeply_is_a_400_not_a_crash(target, mgr: TaskManager)
     assert _snapshot(mgr) == before
 
 
+def test_a_lone_surrogate_in_a_body_is_a_400_that_names_it(target, mgr: TaskManager) -> None:
+    # valid JSON (an escape), but no UTF-8 text can hold it: refused, not a 500, nothing stored
+    client, _ = target
+    before = _snapshot(mgr)
+    resp = client.simulate_post("/graphs/hugegraph/jobs/job", body=b'{"text": "a\\ud800"}')
+    assert resp.status_code == 400
+    assert resp.json["message"].startswith("task input holds a lone surrogate ('\\ud800')")
+    assert _snapshot(mgr) == before
+
+
 def test_graph_names_are_data_not_code(target, mgr: TaskManager) -> None:
     client, _ = target
     evil = "x'; DROP TABLE taskmgr_task; --"

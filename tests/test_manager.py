@@ -8,6 +8,8 @@ import stat
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import WAIT, Gates
 from taskmgr import (
@@ -27,6 +29,7 @@ from taskmgr import (
     UnknownTaskType,
     WaitTimeout,
 )
+import taskmgr.manager as manager_module
 from taskmgr.testing import check_history
 
 S = TaskStatus
@@ -103,6 +106,12 @@ def _nested(depth: int) -> list:
     return value
 
 
+def _looped() -> list:
+    value: list = []
+    value.append(value)
+    return value
+
+
 def _snapshot(mgr: TaskManager) -> list[dict]:
     return [t.to_dict() for t in mgr.list(limit=-1)]
 
@@ -114,6 +123,10 @@ def _snapshot(mgr: TaskManager) -> list[dict]:
         (lambda m: m.submit("echo", {1, 2}), InvalidArgument, "task input is not JSON-serialisable"),
         (lambda m: m.submit("echo", float("nan")), InvalidArgument, "not JSON-serialisable"),
         (lambda m: m.submit("echo", _nested(100_000)), InvalidArgument, "task input is nested too deeply"),
+        (lambda m: m.submit("echo", _looped()), InvalidArgument, "task input is nested too deeply, or contains itself"),
+        (lambda m: m.submit("echo", {(1, 2): 3}), InvalidArgument, "keys must be str, int, float, bool or None"),
+        (lambda m: m.submit("echo", ["ok", "\ud800"]), InvalidArgument,
+         "task input holds a lone surrogate ('\\ud800'), which UTF-8 text cannot store: remove it, or send"),
         (lambda m: m.submit("echo", name=""), InvalidArgument, "task name must be a non-empty string"),
         (lambda m: m.submit("echo", graph=None), InvalidArgument, "graph must be a non-empty string"),
         (lambda m: m.submit("echo", delay=-1), InvalidArgument, "delay must be a non-negative number"),
@@ -189,6 +202,40 @@ def test_a_result_that_is_not_json_turns_the_task_failed(mgr: TaskManager) -> No
     task = mgr.wait(mgr.submit("setty"), WAIT)
     assert task.status is S.FAILED
     assert task.result.startswith("InvalidArgument: task result is not JSON-serialisable")
+
+
+class _Unreadable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class _HostileMapping(dict):
+    def items(self):  # the JSON encoder asks a dict subclass for its items
+        raise RuntimeError("items() refused")
+
+
+@pytest.mark.parametrize(
+    ("fn", "result"),
+    [
+        # UTF-8 cannot store a lone surrogate: these left the task RUNNING for good (the outcome's
+        # encoding raised in the worker, past the callable's own error handling)
+        (lambda ctx: "x\ud800", "InvalidArgument: task result holds a lone surrogate ('\\ud800'), which UTF-8 "
+         "text cannot store: remove it, or send such data as base64"),
+        (lambda ctx: _raise(ValueError("bad \udc80 byte")), "ValueError: bad \\udc80 byte"),
+        (lambda ctx: _raise(_Unreadable()), "_Unreadable: (its message could not be read: RuntimeError)"),
+        (lambda ctx: _HostileMapping(a=1), "RuntimeError: items() refused"),
+    ],
+    ids=["surrogate-result", "surrogate-error", "unreadable-error", "hostile-result"],
+)
+def test_an_outcome_that_cannot_be_stored_as_it_is_still_ends_the_task(mgr: TaskManager, fn, result) -> None:
+    mgr.register("odd", fn)
+    task = mgr.wait(mgr.submit("odd"), WAIT)
+    assert task.status is S.FAILED
+    assert task.result == result
+
+
+def _raise(exc: BaseException):
+    raise exc
 
 
 def test_multibyte_input_is_measured_in_bytes(db_path: str) -> None:
@@ -617,3 +664,29 @@ def test_a_task_submitted_to_an_idle_manager_is_claimed_by_a_started_one(db_path
         late = client.submit("echo", "while running")
         assert client.wait(late, WAIT).status is S.SUCCESS
     client.shutdown()
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES)
+def test_the_stored_json_of_a_value_is_what_json_dumps_writes(value):
+    # the manager's encoder made once (the C one, and the fallback where that is missing)
+    # writes exactly what json.dumps with the same options writes, byte for byte
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert manager_module._dumps(value) == expected
+    assert manager_module._JSON.encode(value) == expected
+
+
+def test_the_encoder_falls_back_to_the_plain_one_without_the_c_encoder(monkeypatch):
+    import json.encoder
+
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    dumps = manager_module._make_dumps()
+    assert dumps == manager_module._JSON.encode
+    assert dumps({"é": [1, None]}) == '{"é":[1,null]}'
