@@ -229,6 +229,13 @@ def _check_name(value: object, what: str) -> str:
         raise InvalidArgument(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > 4096:
         raise InvalidArgument(f"{what} is {len(value)} characters long; the limit is 4096")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                f"{what} holds a lone surrogate ({exc.object[exc.start]!r}), which UTF-8 text cannot store"
+            ) from None
     return value
 
 
@@ -718,6 +725,10 @@ class TaskManager:
             if st is not None or page is not None:
                 raise InvalidArgument("ids cannot be combined with status or page: ask for the ids alone")
             id_list = [_check_id(i) for i in ids]
+        if graph is not None:
+            _check_name(graph, "graph")
+        if graphspace is not None:
+            _check_name(graphspace, "graphspace")
         if page is None:
             return self._store.select(status=st, graphspace=graphspace, graph=graph, ids=id_list, limit=limit)
         if not isinstance(page, str):
