@@ -29,6 +29,7 @@ the time has come. Deterministic, for hosts' tests.
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import heapq
 import itertools
@@ -60,6 +61,10 @@ for _alias in (_TASKS, _HOUSEKEEPING):
     _logger = logging.getLogger(f"apscheduler.executors.{_alias}")
     if _logger.level == logging.NOTSET:
         _logger.setLevel(logging.WARNING)
+
+
+def _place(entry: tuple[int, Callable[[], None]]) -> int:
+    return entry[0]
 
 
 class Executor(Protocol):
@@ -127,6 +132,13 @@ class PoolExecutor:
     a drain takes an unreserved call only while a worker would be left for
     every promise still open (else a long task queued a moment earlier could
     take the worker, and a task already written RUNNING would wait for it).
+
+    A call may also be queued where it would have been had it been submitted
+    earlier: :meth:`mark` names the FIFO's end at one moment, and
+    :meth:`submit_from` puts a call there, ahead of every call submitted
+    since. The manager uses it for a task that it first tried to start by
+    later commits (see "Who runs a task" in :mod:`taskmgr.manager`): when the
+    tries end, the task takes its place in line, not the last one.
     """
 
     synchronous = False
@@ -143,8 +155,10 @@ class PoolExecutor:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidArgument(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
-        self._ready: deque[Callable[[], None]] = deque()  # calls submitted without a reservation
+        # calls submitted without a reservation, each with its place in line (see submit_from)
+        self._ready: deque[tuple[int, Callable[[], None]]] = deque()
         self._promised: deque[Callable[[], None]] = deque()  # calls submitted on a reservation
+        self._appended = 0  # calls ever submitted to _ready: the last place in line given
         # wakes parked drains: one item per wake. A C-level queue: a drain parked on it costs a
         # semaphore, not a threading.Condition (whose Python-level waiter bookkeeping cost more
         # than a no-op task)
@@ -171,11 +185,15 @@ class PoolExecutor:
     def start(self) -> None:
         self._scheduler.start()
 
-    def reserve(self, n: int) -> int:
+    def reserve(self, n: int, *, ahead_of_queue: bool = False) -> int:
+        """Hold up to ``n`` free workers (see the class docs). ``ahead_of_queue``: for calls that
+        were in line before every call now waiting unreserved in the FIFO, which then does not
+        count against them."""
         with self._lock:
             if self._closed:
                 return 0
-            k = max(0, min(n, self.workers - self._busy - self._reserved - self.queued))
+            waiting = len(self._promised) if ahead_of_queue else self.queued
+            k = max(0, min(n, self.workers - self._busy - self._reserved - waiting))
             self._reserved += k
             return k
 
@@ -191,8 +209,34 @@ class PoolExecutor:
                 self._reserved -= 1
             if self._closed:
                 return  # shutting down: the manager hands the task back instead
-            (self._promised if reserved else self._ready).append(fn)
+            if reserved:
+                self._promised.append(fn)
+            else:
+                self._appended += 1
+                self._ready.append((self._appended, fn))
             self._cover()
+
+    def mark(self) -> int:
+        """The FIFO's end now, for :meth:`submit_from`."""
+        return self._appended
+
+    def submit_from(self, fn: Callable[[], None], mark: int) -> None:
+        """:meth:`submit` ``fn`` (unreserved) into the FIFO where it would be had it been submitted
+        at ``mark``: ahead of the calls submitted since that are still waiting."""
+        with self._lock:
+            if self._closed:
+                return
+            # the line is in order of place (each call put back goes where its place is), so the
+            # calls that came after the mark are found by bisection; among calls put back at one
+            # mark, the first put back goes first
+            ready = self._ready
+            ready.insert(bisect.bisect_right(ready, mark, key=_place), (mark, fn))
+            self._cover()
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting in the FIFO without a reserved worker."""
+        return len(self._ready)
 
     def _spare(self) -> int:
         """Workers free beyond every open promise: how many unreserved calls may start now.
@@ -204,7 +248,7 @@ class PoolExecutor:
         if self._promised:
             return self._promised.popleft()
         if self._ready and self._spare() > 0:
-            return self._ready.popleft()
+            return self._ready.popleft()[1]
         return None
 
     def _cover(self) -> None:

@@ -38,10 +38,15 @@ reserved and the task moves QUEUED -> RUNNING in that commit's transaction
 and is handed over after it. A try costs the commit one statement, where a
 worker writing the start itself costs a commit of its own (often a
 transaction more for the submitting thread) and a wait for it; measured,
-the stream ran 4-7% faster. After those tries, and for the tasks of a
-``submit_many`` beyond a pool's worth, the task waits in the executor's
-queue, and the worker that takes it moves it QUEUED -> RUNNING before
-running it. Both moves are compare-and-sets, so a task cancelled,
+the stream ran 4-7% faster. After those tries the task waits in the
+executor's queue, and the worker that takes it moves it QUEUED -> RUNNING
+before running it. Tries never reorder tasks: a submit's tasks are tried
+only when all of them can be (a pool's worth at most) and no task waits in
+the queue, a try is not repeated once one does (those came later), and a
+task whose tries end takes its place in the queue ahead of every task
+queued since (:meth:`~taskmgr.executor.PoolExecutor.submit_from`); a worker
+freed while a try is on its way may still go to a task queued after it, by
+one commit at most. Both moves are compare-and-sets, so a task cancelled,
 suspended or deleted meanwhile never starts. A task submitted to an
 idle manager (or resumed by one) is left unowned, NEW or RESTORING, and the
 first started manager whose registry knows its type claims it at its next
@@ -351,6 +356,7 @@ class TaskManager:
         #: how many tasks may wait at once for a coming commit to start them (see _start_later): a
         #: worker's worth; none where submits get no reserved worker or writes are not batched
         self._later_max = (0 if self._reserve_fn is None or self._executor.synchronous
+                           or not hasattr(self._executor, "submit_from")
                            else int(getattr(self._executor, "workers", workers)))
         self.clock = clock
         self.max_input_size = max_input_size
@@ -609,13 +615,20 @@ class TaskManager:
         if run_at is not None and dispatch:
             self._executor.call_at(run_at / 1000.0, self._wake_due)
         elif dispatch:
+            # the tasks without a worker are tried by the next commits only when all of them can be
+            # and none waits in line before them: a task never starts after one submitted after it
+            # because it was being tried (the tries' end puts it back in its place: _started_later)
+            rest = len(ids) - direct
+            later = (rest and self.START_TRIES and len(self._later) + rest <= self._later_max
+                     and not self._executor.waiting)  # type: ignore[attr-defined]
+            since = self._executor.mark() if later else 0  # type: ignore[attr-defined]
             for i, tid in enumerate(ids):
                 row = rows[i]  # this call's own: completed in place, it is what the worker runs
                 row["id"], row["retries"], row["progress"] = tid, 0, 0
                 if i < direct:
                     self._hand_over(tid, row)
-                elif self.START_TRIES and len(self._later) < self._later_max:
-                    self._start_later(tid, row, 0)
+                elif later:
+                    self._start_later(tid, row, 0, since)
                 else:
                     self._dispatch(tid)
         return ids
@@ -626,20 +639,25 @@ class TaskManager:
         self._store.defer(functools.partial(self._executor.submit, functools.partial(self._run, tid, row),
                                             reserved=True))
 
-    def _start_later(self, tid: int, row: dict[str, Any], tries: int) -> None:
+    def _start_later(self, tid: int, row: dict[str, Any], tries: int, since: int) -> None:
         """Try to start a task written QUEUED for want of a free worker in the next commit's
-        transaction (see "Who runs a task" in the module docs)."""
+        transaction (see "Who runs a task" in the module docs); ``since``: the executor's
+        :meth:`~taskmgr.executor.PoolExecutor.mark` when the task was submitted."""
         self._later[tid] = False  # holds no reservation yet
         try:
             self._store.write_async(_op_start_later, self, tid, savepoint=False,
-                                    callback=functools.partial(self._started_later, tid, row, tries + 1))
+                                    callback=functools.partial(self._started_later, tid, row, tries + 1, since))
         except StoreError:  # the store is closing: to the executor's queue (a shutdown hands it back)
             del self._later[tid]
-            self._dispatch(tid)
+            self._dispatch_from(tid, since)
 
-    def _started_later(self, tid: int, row: dict[str, Any], tries: int, ok: bool, value: Any) -> None:
+    def _dispatch_from(self, tid: int, since: int) -> None:
+        """Queue a task whose start was tried by commits in its place in line (see submit_from)."""
+        self._executor.submit_from(lambda: self._run(tid), since)  # type: ignore[attr-defined]
+
+    def _started_later(self, tid: int, row: dict[str, Any], tries: int, since: int, ok: bool, value: Any) -> None:
         """After the commit that carried :func:`_op_start_later`: hand the task over, try again at
-        the next commit, or leave it to the executor's queue."""
+        the next commit, or leave it to the executor's queue, in its place in line."""
         held = self._later.pop(tid)
         if ok and value:  # committed RUNNING, with a worker reserved
             self._hand_over(tid, row)
@@ -648,10 +666,12 @@ class TaskManager:
             self._executor.release(1)
         if ok and value is False:
             return  # cancelled, suspended or deleted meanwhile: nothing to start
-        if ok and tries < self.START_TRIES and not self._stopping:
-            self._start_later(tid, row, tries)
+        # tasks waiting in line came after this one: rather than try again, and let one of them
+        # take the next free worker meanwhile, it takes its place in line ahead of them
+        if ok and tries < self.START_TRIES and not self._stopping and not self._executor.waiting:  # type: ignore[attr-defined]
+            self._start_later(tid, row, tries, since)
         else:
-            self._dispatch(tid)
+            self._dispatch_from(tid, since)
 
     def _reserve(self, n: int) -> int:
         return 0 if self._reserve_fn is None else self._reserve_fn(n)
@@ -1295,7 +1315,9 @@ def _op_start_later(tx: Tx, mgr: TaskManager, task_id: int) -> bool | None:
     None when no worker is free. The reservation is taken once: a batch run again (a lock retry,
     an operation that refused after writing) does not take a second one."""
     if not mgr._later[task_id]:
-        if mgr._stopping or not mgr._reserve(1):
+        # the calls waiting in the executor's line came after this task (it was tried only while
+        # none waited): they do not count against it
+        if mgr._stopping or not mgr._reserve_fn(1, ahead_of_queue=True):  # type: ignore[misc, call-arg]
             return None
         mgr._later[task_id] = True
     return tx.move(task_id, S.QUEUED, S.RUNNING, ran=1)

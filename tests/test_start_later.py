@@ -223,3 +223,89 @@ def test_a_shutdown_hands_back_a_task_whose_start_was_still_tried(db_path: str, 
         assert S.RUNNING not in [m.to_status for m in again.history(tid)][:-2]
     finally:
         again.shutdown()
+
+
+def _recorder(mgr: TaskManager) -> list:
+    started: list = []
+    mgr.register("rec", lambda ctx: started.append(ctx.input))
+    return started
+
+
+def test_a_batch_submitted_to_a_busy_pool_starts_in_id_order(db_path: str, gates: Gates) -> None:
+    # six tasks, two workers: the batch does not fit the tries (a pool's worth), so none is tried
+    # and none is put behind the others (they ran 2, 3, 4, 5, 0, 1 when the first two were tried)
+    mgr, blocker = _busy_manager(db_path, gates, tries=4, workers=2)
+    started = _recorder(mgr)
+    try:
+        ids = mgr.submit_many("rec", list(range(6)))
+        gates.release.set()
+        for tid in ids:
+            mgr.wait(tid, WAIT)
+        assert started == list(range(6))
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_a_task_whose_tries_ended_goes_ahead_of_those_submitted_meanwhile(db_path: str, gates: Gates) -> None:
+    mgr, blocker = _busy_manager(db_path, gates, tries=4, workers=2)
+    started = _recorder(mgr)
+    try:
+        first = mgr.submit_many("rec", [0, 1])  # fits the tries: both are tried by the next commits
+        rest = [mgr.submit("rec", i) for i in range(2, 6)]  # the tries are full: these wait in line
+        _until(lambda: mgr._later == {}, "the end of the tries")
+        assert mgr._executor.waiting == 6  # the tried two went back in line, in their place
+        gates.release.set()
+        for tid in first + rest:
+            mgr.wait(tid, WAIT)
+        assert started == list(range(6))
+        _no_worker_held(mgr)
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_a_task_being_tried_gives_way_to_none_that_came_after_it(db_path: str, gates: Gates) -> None:
+    # tried without end while nothing waits; once a task waits in line after it, its next try
+    # that finds no worker puts it back in line, ahead: a freed worker takes it first
+    mgr, blocker = _busy_manager(db_path, gates, tries=100_000, workers=1)
+    started = _recorder(mgr)
+    try:
+        tried = mgr.submit("rec", "tried")
+        assert list(mgr._later) == [tried]
+        waiting = mgr.submit("rec", "in line")  # the tries are full (one worker's worth): in line
+        _until(lambda: mgr._later == {}, "the end of the tries")
+        assert mgr._executor.waiting == 2
+        gates.release.set()
+        mgr.wait(waiting, WAIT)
+        assert started == ["tried", "in line"]
+        _no_worker_held(mgr)
+    finally:
+        gates.release.set()
+        mgr.shutdown()
+
+
+def test_the_executor_puts_a_call_back_where_it_was_in_line() -> None:
+    from taskmgr.executor import PoolExecutor
+
+    ex = PoolExecutor(2)  # not started: nothing takes the calls, the line is read as it is
+    calls = {name: (lambda: None) for name in "abcwxyz"}
+
+    def line() -> list[str]:
+        names = {id(fn): name for name, fn in calls.items()}
+        return [names[id(fn)] for _, fn in ex._ready]
+
+    ex.submit(calls["a"])
+    mark_1 = ex.mark()
+    ex.submit(calls["b"])
+    mark_2 = ex.mark()
+    ex.submit(calls["c"])
+    ex.submit_from(calls["y"], mark_2)  # put back in a newer place first
+    ex.submit_from(calls["x"], mark_1)
+    ex.submit_from(calls["z"], ex.mark())
+    assert line() == ["a", "x", "b", "y", "c", "z"]
+    assert ex._next() is calls["a"] and ex._next() is calls["x"]
+    ex.submit_from(calls["w"], mark_1)  # ahead of all that came after its place, b included
+    assert line() == ["w", "b", "y", "c", "z"]
+    assert ex.waiting == 5
+    ex.shutdown(wait=False)
