@@ -354,9 +354,10 @@ class TaskManager:
         self._store.add_listener(self._on_commit)
         self._reserve_fn: Callable[[int], int] | None = getattr(self._executor, "reserve", None)
         #: how many tasks may wait at once for a coming commit to start them (see _start_later): a
-        #: worker's worth; none where submits get no reserved worker or writes are not batched
+        #: worker's worth; none where submits get no reserved worker, writes are not batched, or the
+        #: executor cannot put a task back in its place in line (PoolExecutor's mark and submit_from)
         self._later_max = (0 if self._reserve_fn is None or self._executor.synchronous
-                           or not hasattr(self._executor, "submit_from")
+                           or not all(hasattr(self._executor, a) for a in ("mark", "submit_from", "waiting"))
                            else int(getattr(self._executor, "workers", workers)))
         self.clock = clock
         self.max_input_size = max_input_size
@@ -960,8 +961,9 @@ class TaskManager:
 
     def _restore_batch(self, tx: Tx, ids: _List[int], statuses: _List[str], live: set[str]) -> _List[int]:
         queued: _List[int] = []
+        rows = tx.rows(ids)  # one read for the batch, in its transaction
         for tid in ids:
-            row = tx.row(tid)
+            row = rows.get(tid)
             if row is None or (row["owner"] is not None and row["owner"] in live):
                 continue  # gone, or claimed by a live node since the ids were read
             st = _damaged_to_unknown(tx, row)
@@ -1017,6 +1019,8 @@ class TaskManager:
             return self.running and tx.move(tid, st, S.QUEUED, owner=owner, **fields)
         if st is S.RESTORING:
             tx.update(tid, (S.RESTORING,), owner=owner, **fields)
+        elif self.running:  # through RESTORING to QUEUED in one statement (half a restore's writes)
+            return tx.move_path(tid, (st, S.RESTORING, S.QUEUED), owner=owner, result=None, **fields)
         elif not tx.move(tid, st, S.RESTORING, owner=owner, **fields):
             return False
         if not self.running:

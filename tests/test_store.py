@@ -317,3 +317,43 @@ def test_a_store_made_by_an_earlier_version_gets_todays_indexes_and_keeps_its_ta
         assert [t.id for t in s.select(status=S.NEW, graphspace="DEFAULT", graph="g1")] == [ids[0], ids[2]]
     finally:
         s.close()
+
+
+def test_a_move_along_a_path_is_one_statement_that_records_every_step(store: Store) -> None:
+    tid = _insert(store)
+    store.write(lambda tx: tx.move(tid, S.NEW, S.QUEUED))
+    store.write(lambda tx: tx.move(tid, S.QUEUED, S.RUNNING))
+    changes: list = []
+    store.add_listener(changes.extend)
+
+    def op(tx):
+        moved = tx.move_path(tid, (S.RUNNING, S.RESTORING, S.QUEUED), owner="n1", restores=1)
+        return moved, tx.writes
+
+    assert store.write(op) == (True, 1)  # moved, by one statement of its transaction
+    assert changes == [(tid, S.RUNNING, S.RESTORING), (tid, S.RESTORING, S.QUEUED)]
+    task, row = store.get(tid), store.write(lambda tx: tx.row(tid))
+    assert task.status is S.QUEUED and row["owner"] == "n1" and row["restores"] == 1
+    steps = [(h.from_status, h.to_status) for h in store.history(tid)]
+    assert steps[-2:] == [(S.RUNNING, S.RESTORING), (S.RESTORING, S.QUEUED)]
+    # a compare-and-set from the path's first status: nothing moves from anywhere else
+    assert store.write(lambda tx: tx.move_path(tid, (S.RUNNING, S.RESTORING, S.QUEUED))) is False
+    assert store.get(tid).status is S.QUEUED
+
+
+def test_a_move_along_a_path_refuses_a_step_the_table_does_not_allow(store: Store) -> None:
+    from taskmgr import InvalidTransition
+
+    tid = _insert(store)
+    with pytest.raises(InvalidTransition):
+        store.write(lambda tx: tx.move_path(tid, (S.NEW, S.QUEUED, S.SUCCESS)))
+    assert store.get(tid).status is S.NEW
+
+
+def test_rows_reads_the_rows_of_many_ids_as_row_reads_each(store: Store) -> None:
+    ids = store.write(lambda tx: tx.insert_many([dict(ROW, name=f"n{i}") for i in range(1_203)]))
+    store.write(lambda tx: tx.delete(ids[700]))
+    asked = ids[::-1] + [10**9]  # past one statement's 500 ids, in any order, one deleted, one never made
+    found = store.write(lambda tx: tx.rows(asked))
+    assert sorted(found) == [i for i in ids if i != ids[700]]
+    assert all(found[i] == store.write(lambda tx, i=i: tx.row(i)) for i in (ids[0], ids[600], ids[-1]))
