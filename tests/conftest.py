@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,21 @@ import pytest
 from taskmgr import TaskContext, TaskManager
 
 WAIT = 10.0  # every cross-thread wait in the tests is bounded by this
+
+
+class _Events(dict):
+    """An event per task id, made by whichever thread asks for it first.
+
+    Not a ``defaultdict(threading.Event)``: its ``__missing__`` runs the
+    factory (Python code, so the GIL may pass) before it stores the result,
+    and a worker setting an id's event as the test starts waiting on it could
+    each make one; the test then waited on an event no one would set ("task 1
+    did not start" with both gate tasks running, about one run in four of
+    tests/test_manager.py on a 2-core machine).
+    """
+
+    def __missing__(self, task_id: int) -> threading.Event:
+        return self.setdefault(task_id, threading.Event())  # one C call: the first stored wins
 
 
 class Gates:
@@ -21,7 +35,7 @@ class Gates:
     """
 
     def __init__(self) -> None:
-        self.started: defaultdict[int, threading.Event] = defaultdict(threading.Event)
+        self.started: dict[int, threading.Event] = _Events()
         self.release = threading.Event()
         self.ran: list[int] = []
 
