@@ -377,11 +377,10 @@ class Tx:
         """The stored rows of ``task_ids`` that exist, by id, read by one statement per 500 ids
         (as :meth:`row` reads one)."""
         s, found = self.store, {}
-        head = s._row_sql.rsplit(" WHERE ", 1)[0]
         for i in range(0, len(task_ids), 500):
             chunk = task_ids[i : i + 500]
             marks = ", ".join([s.db.param] * len(chunk))
-            for values in self._exec(f"{head} WHERE {s._col('id')} IN ({marks})", tuple(chunk)).fetchall():
+            for values in self._exec(f"{s._rows_sql} IN ({marks})", tuple(chunk)).fetchall():
                 row = dict(zip(s._row_names, values))
                 found[row["id"]] = row
         return found
@@ -636,10 +635,11 @@ class Store:
         fields = [f for f in self.Task._meta.sorted_fields if f.name != "history"]
         self._row_fields = fields
         self._row_names = [f.name for f in fields]
-        self._row_sql = (
+        self._rows_sql = (  # completed by " IN (...)" for a batch (Tx.rows)
             f"SELECT {', '.join(self._quote(f.column_name) for f in fields)} "
-            f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')} = {self.db.param}"
+            f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')}"
         )
+        self._row_sql = f"{self._rows_sql} = {self.db.param}"
         self._returning_all = f" RETURNING {', '.join(self._quote(f.column_name) for f in fields)}"
         self._task_sql = (
             f"SELECT {', '.join(self._col(name) for name in _TASK_FIELDS)} "

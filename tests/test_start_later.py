@@ -8,7 +8,9 @@ task" in :mod:`taskmgr.manager`). These tests hold the only worker with a
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import peewee
 import pytest
@@ -225,32 +227,33 @@ def test_a_shutdown_hands_back_a_task_whose_start_was_still_tried(db_path: str, 
         again.shutdown()
 
 
-def _recorder(mgr: TaskManager) -> list:
+@contextlib.contextmanager
+def _busy_recording(db_path: str, gates: Gates, tries: int, workers: int) -> Iterator[tuple[TaskManager, list]]:
+    """:func:`_busy_manager` with a ``rec`` type that records its inputs in the order the tasks
+    start; releases the gates and shuts the manager down at the end."""
+    mgr, _blocker = _busy_manager(db_path, gates, tries=tries, workers=workers)
     started: list = []
     mgr.register("rec", lambda ctx: started.append(ctx.input))
-    return started
-
-
-def test_a_batch_submitted_to_a_busy_pool_starts_in_id_order(db_path: str, gates: Gates) -> None:
-    # six tasks, two workers: the batch does not fit the tries (a pool's worth), so none is tried
-    # and none is put behind the others (they ran 2, 3, 4, 5, 0, 1 when the first two were tried)
-    mgr, blocker = _busy_manager(db_path, gates, tries=4, workers=2)
-    started = _recorder(mgr)
     try:
-        ids = mgr.submit_many("rec", list(range(6)))
-        gates.release.set()
-        for tid in ids:
-            mgr.wait(tid, WAIT)
-        assert started == list(range(6))
+        yield mgr, started
     finally:
         gates.release.set()
         mgr.shutdown()
 
 
+def test_a_batch_submitted_to_a_busy_pool_starts_in_id_order(db_path: str, gates: Gates) -> None:
+    # six tasks, two workers: the batch does not fit the tries (a pool's worth), so none is tried
+    # and none is put behind the others (they ran 2, 3, 4, 5, 0, 1 when the first two were tried)
+    with _busy_recording(db_path, gates, tries=4, workers=2) as (mgr, started):
+        ids = mgr.submit_many("rec", list(range(6)))
+        gates.release.set()
+        for tid in ids:
+            mgr.wait(tid, WAIT)
+        assert started == list(range(6))
+
+
 def test_a_task_whose_tries_ended_goes_ahead_of_those_submitted_meanwhile(db_path: str, gates: Gates) -> None:
-    mgr, blocker = _busy_manager(db_path, gates, tries=4, workers=2)
-    started = _recorder(mgr)
-    try:
+    with _busy_recording(db_path, gates, tries=4, workers=2) as (mgr, started):
         first = mgr.submit_many("rec", [0, 1])  # fits the tries: both are tried by the next commits
         rest = [mgr.submit("rec", i) for i in range(2, 6)]  # the tries are full: these wait in line
         _until(lambda: mgr._later == {}, "the end of the tries")
@@ -260,17 +263,12 @@ def test_a_task_whose_tries_ended_goes_ahead_of_those_submitted_meanwhile(db_pat
             mgr.wait(tid, WAIT)
         assert started == list(range(6))
         _no_worker_held(mgr)
-    finally:
-        gates.release.set()
-        mgr.shutdown()
 
 
 def test_a_task_being_tried_gives_way_to_none_that_came_after_it(db_path: str, gates: Gates) -> None:
     # tried without end while nothing waits; once a task waits in line after it, its next try
     # that finds no worker puts it back in line, ahead: a freed worker takes it first
-    mgr, blocker = _busy_manager(db_path, gates, tries=100_000, workers=1)
-    started = _recorder(mgr)
-    try:
+    with _busy_recording(db_path, gates, tries=100_000, workers=1) as (mgr, started):
         tried = mgr.submit("rec", "tried")
         assert list(mgr._later) == [tried]
         waiting = mgr.submit("rec", "in line")  # the tries are full (one worker's worth): in line
@@ -280,9 +278,6 @@ def test_a_task_being_tried_gives_way_to_none_that_came_after_it(db_path: str, g
         mgr.wait(waiting, WAIT)
         assert started == ["tried", "in line"]
         _no_worker_held(mgr)
-    finally:
-        gates.release.set()
-        mgr.shutdown()
 
 
 def test_the_executor_puts_a_call_back_where_it_was_in_line() -> None:
