@@ -7,7 +7,15 @@ A manager is created *idle*: it can submit, read, cancel, delete, suspend and
 resume tasks (an operator's CLI or a client process needs no more), but runs
 nothing. :meth:`TaskManager.start` makes it a *node*: it registers itself in
 the store, restores what a crashed node left behind, starts its executor and
-its housekeeping poll. :meth:`TaskManager.shutdown` stops it for good.
+its housekeeping poll. :meth:`TaskManager.shutdown` stops it for good. A node still running
+when the interpreter exits (a script that ends, or raises, without calling
+it) is shut down then, as :meth:`TaskManager.shutdown` would: its running
+callables finish and are recorded, its queued tasks are handed back (with a
+warning that says how many), and it leaves the store's list of nodes. This
+happens before Python joins its threads: later, the thread pools refuse
+work, and the node's housekeeping would stop while its callables still ran,
+its heartbeat with it (other nodes would then take its tasks over as a dead
+node's).
 
 Who runs a task
 ===============
@@ -87,6 +95,7 @@ dies first, the task is restored and runs again.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
 import enum
@@ -99,6 +108,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, List as _List, Literal, TypeVar, overload  # noqa: UP035 - TaskManager.list shadows list
@@ -147,6 +157,40 @@ _PATH_PENDING = (S.NEW, S.PENDING)
 _PATH_QUEUED = (S.NEW, S.QUEUED)
 _PATH_RUNNING = (S.NEW, S.QUEUED, S.RUNNING)
 _MAX_BACKOFF = 3600.0
+
+
+#: started managers not yet shut down: the interpreter's exit shuts them down (see _at_exit)
+_LIVE: weakref.WeakSet[TaskManager] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hooked = False
+
+
+def _hook_exit() -> None:
+    """Register :func:`_at_exit` once, to run when the interpreter begins to exit.
+
+    ``threading._register_atexit`` (what ``concurrent.futures`` uses for its own pools) runs it
+    before non-daemon threads are joined and, registered after the thread pools' own hook, before
+    that hook makes the pools refuse work; ``atexit`` (the fallback where it is missing) would run
+    it only after.
+    """
+    global _exit_hooked
+    with _exit_hook_lock:
+        if _exit_hooked:
+            return
+        register = getattr(threading, "_register_atexit", atexit.register)
+        try:
+            register(_at_exit)
+        except RuntimeError:  # the interpreter is exiting already: nothing will run it
+            return
+        _exit_hooked = True
+
+
+def _at_exit() -> None:
+    for mgr in list(_LIVE):
+        try:
+            mgr._shutdown(wait=True, interrupt=False, at_exit=True)
+        except Exception:  # noqa: BLE001 - one manager's failure must not keep the others running
+            log.exception("could not shut down task manager node %s at interpreter exit", mgr.node)
 
 
 class _State(enum.Enum):
@@ -446,6 +490,8 @@ class TaskManager:
             self._state = _State.RUNNING
         self._store.register_node(self.node, now_ms(self.clock))
         self._last_heartbeat = time.monotonic()
+        _hook_exit()
+        _LIVE.add(self)
         self._executor.start()
         self.restore()
         self._executor.every(self.poll_interval, self._tick)
@@ -461,13 +507,20 @@ class TaskManager:
         first asked to stop (see :class:`~taskmgr.context.TaskContext`): one
         that stops is handed back too, to run again. Without ``wait`` they are
         abandoned, like a crash: the next start restores them.
+
+        A manager still running when the interpreter exits is shut down then,
+        with ``wait`` and without ``interrupt`` (see the module docs).
         """
+        self._shutdown(wait, interrupt, at_exit=False)
+
+    def _shutdown(self, wait: bool, interrupt: bool, at_exit: bool) -> None:
         with self._state_lock:
             if self._state is _State.SHUT_DOWN:
                 return
             was_running = self._state is _State.RUNNING
             self._state = _State.SHUT_DOWN
         self._stopping = True
+        _LIVE.discard(self)
         if was_running:
             if interrupt:
                 for ctx in list(self._running.values()):
@@ -476,8 +529,12 @@ class TaskManager:
             try:
                 self._retry_unsaved()
                 self._flush_progress()
-                self._store.write(self._release)
+                handed_back = self._store.write(self._release)
                 self._store.remove_node(self.node)
+                if at_exit and handed_back:
+                    log.warning("task manager node %s was still running at interpreter exit: shut down, "
+                                "handed back %d queued tasks for the next start to run (call shutdown() "
+                                "to choose when)", self.node, handed_back)
             except StoreError:
                 log.exception("could not record the shutdown of node %s", self.node)
         self._store.close()
@@ -485,19 +542,21 @@ class TaskManager:
             self._generation += 1
             self._done.notify_all()
 
-    def _release(self, tx: Tx) -> None:
+    def _release(self, tx: Tx) -> int:
         """Hand back what this node owns but is not running: queued tasks, tasks committed RUNNING
         whose callable never started (their worker was still to pick them up), and waiting
-        PENDING ones."""
+        PENDING ones. Returns how many of the first two were handed back."""
         T = self._store.Task
         busy = set(self._running) | set(self._unsaved)
+        moved = 0
         for tid in self._store.ids_where(T.owner == self.node, T.status == S.QUEUED.value):
             if tid not in busy:
-                tx.move(tid, S.QUEUED, S.RESTORING, owner=None)
+                moved += tx.move(tid, S.QUEUED, S.RESTORING, owner=None)
         for tid in self._store.ids_where(T.owner == self.node, T.status == S.RUNNING.value):
             if tid not in busy:
-                tx.move(tid, S.RUNNING, S.RESTORING, owner=None, ran=0)
+                moved += tx.move(tid, S.RUNNING, S.RESTORING, owner=None, ran=0)
         T.update(owner=None).where(T.owner == self.node, T.status == S.PENDING.value).execute()
+        return moved
 
     def __enter__(self) -> TaskManager:
         if self._state is _State.IDLE:

@@ -6,6 +6,8 @@ Run as ``python childjobs.py MODE DB [ARGS...]``:
 * ``poison DB`` — start a manager (restoring what a dead one left) and submit one ``poison``
   task if the store has none; the task SIGKILLs its own process;
 * ``cancel DB ID`` — cancel task ID from this (idle) process and exit;
+* ``exit DB`` — start a manager, submit five ``steps`` tasks, and end the script (no shutdown)
+  once two of them run;
 * ``actor DB SECONDS SEED`` — race on the store's tasks from three threads (see :func:`actor`);
 * ``node DB RUNS_LOG`` and ``submitter DB SECONDS SEED`` — the two sides of the kill loop.
 """
@@ -183,6 +185,12 @@ def main(argv: list[str]) -> None:
             mgr.submit("poison")
     elif mode == "wait_cancel":
         print(mgr.submit("wait_cancel"), flush=True)
+    elif mode == "exit":  # two running, three queued, and the script ends without a shutdown
+        ids = mgr.submit_many("steps", [{"n": 10, "pause": 0.05}] * 5)
+        while sum(t.status.name == "RUNNING" and t.progress > 0 for t in mgr.list()) < 2:
+            time.sleep(0.01)
+        print(" ".join(map(str, ids)), flush=True)
+        return
     time.sleep(120)
     mgr.shutdown()
 

@@ -158,3 +158,30 @@ def test_a_live_node_takes_over_the_tasks_of_a_node_that_died(db_path: str) -> N
             survivor.cancel(tid)
             assert survivor.wait(tid, WAIT).status is S.CANCELLED
         check_history(survivor.history())
+
+
+def test_a_manager_left_running_is_shut_down_when_the_interpreter_exits(db_path: str) -> None:
+    """A script that ends without shutdown(): its running callables finish and are recorded, its
+    queued tasks are handed back for the next start, its node is deregistered, and nothing is
+    printed but the warning that says so (it used to print APScheduler's traceback)."""
+    child = subprocess.run([sys.executable, os.path.join(HERE, "childjobs.py"), "exit", db_path],
+                           capture_output=True, text=True, cwd=HERE, timeout=WAIT)
+    assert child.returncode == 0, child.stderr
+    ids = [int(x) for x in child.stdout.split()]
+    assert "Traceback" not in child.stderr, child.stderr
+    assert "handed back 3 queued tasks" in child.stderr, child.stderr
+    observer = TaskManager(db_path)
+    try:
+        tasks = {t.id: t for t in observer.list(limit=-1)}
+        assert sorted(tasks) == ids
+        assert [tasks[i].status for i in ids] == [S.SUCCESS] * 2 + [S.RESTORING] * 3
+        assert [tasks[i].result_value for i in ids[:2]] == [10, 10]
+        assert list(observer._store.Node.select()) == []  # deregistered: nobody has to time it out
+        for i in ids:
+            check_history(observer.history(i))
+    finally:
+        observer.shutdown()
+    rerun = TaskManager(db_path, workers=2)
+    setup(rerun)
+    with rerun:  # the next start claims and runs what was handed back
+        assert all(rerun.wait(i, WAIT).status is S.SUCCESS for i in ids)
