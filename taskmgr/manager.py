@@ -15,7 +15,8 @@ warning that says how many), and it leaves the store's list of nodes. This
 happens before Python joins its threads: later, the thread pools refuse
 work, and the node's housekeeping would stop while its callables still ran,
 its heartbeat with it (other nodes would then take its tasks over as a dead
-node's).
+node's). Only in the process that started it: a forked child that exits
+leaves its parent's node alone.
 
 Who runs a task
 ===============
@@ -186,7 +187,10 @@ def _hook_exit() -> None:
 
 
 def _at_exit() -> None:
+    pid = os.getpid()
     for mgr in list(_LIVE):
+        if mgr._pid != pid:  # a forked child's copy: the node is its parent's, still running there
+            continue
         try:
             mgr._shutdown(wait=True, interrupt=False, at_exit=True)
         except Exception:  # noqa: BLE001 - one manager's failure must not keep the others running
@@ -428,6 +432,7 @@ class TaskManager:
         self._generation = 0  # bumped by every commit that finishes a task (and by shutdown)
         self._waiters = 0  # threads in wait(): a commit notifies only when there are some
         self._last_heartbeat = 0.0
+        self._pid = os.getpid()  # the process that started it: the only one its exit hook shuts it down in
 
     # ------------------------------------------------------------ registry
     def task(
@@ -491,6 +496,7 @@ class TaskManager:
         self._store.register_node(self.node, now_ms(self.clock))
         self._last_heartbeat = time.monotonic()
         _hook_exit()
+        self._pid = os.getpid()
         _LIVE.add(self)
         self._executor.start()
         self.restore()

@@ -8,6 +8,8 @@ Run as ``python childjobs.py MODE DB [ARGS...]``:
 * ``cancel DB ID`` — cancel task ID from this (idle) process and exit;
 * ``exit DB`` — start a manager, submit five ``steps`` tasks, and end the script (no shutdown)
   once two of them run;
+* ``fork DB`` — start a manager, submit five ``steps`` tasks, fork a child that exits at once,
+  print the ids and run until killed;
 * ``actor DB SECONDS SEED`` — race on the store's tasks from three threads (see :func:`actor`);
 * ``node DB RUNS_LOG`` and ``submitter DB SECONDS SEED`` — the two sides of the kill loop.
 """
@@ -191,6 +193,13 @@ def main(argv: list[str]) -> None:
             time.sleep(0.01)
         print(" ".join(map(str, ids)), flush=True)
         return
+    elif mode == "fork":  # a child forked from a node ends normally; the node goes on
+        ids = mgr.submit_many("steps", [{"n": 20, "pause": 0.05}] * 5)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # the interpreter's exit path, inherited exit hooks included
+        os.waitpid(pid, 0)
+        print(" ".join(map(str, ids)), flush=True)
     time.sleep(120)
     mgr.shutdown()
 

@@ -185,3 +185,22 @@ def test_a_manager_left_running_is_shut_down_when_the_interpreter_exits(db_path:
     setup(rerun)
     with rerun:  # the next start claims and runs what was handed back
         assert all(rerun.wait(i, WAIT).status is S.SUCCESS for i in ids)
+
+
+def test_a_forked_child_that_exits_leaves_its_parents_node_alone(db_path: str) -> None:
+    """The exit hook is inherited by a fork: the child's exit must not shut down (hand back the
+    tasks of, deregister) the node of its parent, which still runs them."""
+    child = _child("fork", db_path)
+    try:
+        ids = [int(x) for x in child.stdout.readline().split()]
+        assert len(ids) == 5
+        observer = TaskManager(db_path)
+        try:
+            assert len(list(observer._store.Node.select())) == 1
+            tasks = observer.list(limit=-1)
+            assert all(t.status in (S.QUEUED, S.RUNNING, S.SUCCESS) for t in tasks), tasks
+            _until(lambda: all(observer.get(i).status is S.SUCCESS for i in ids), "the parent to run all five")
+        finally:
+            observer.shutdown()
+    finally:
+        _kill(child)
