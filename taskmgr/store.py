@@ -59,6 +59,15 @@ so only the guilty one fails. A database that stays locked (another process
 holding the write lock past the busy timeout) is retried a bounded number of
 times, then reported as :class:`~taskmgr.errors.StoreError`.
 
+*An interrupt tells the truth.* A ``KeyboardInterrupt`` reaches the thread
+leading a batch wherever Python delivers it. Before the ``COMMIT`` went
+through, the transaction is rolled back and every operation of the batch
+fails (nothing written); once it went through (the connection is in no
+transaction and was not rolled back), every operation is told its outcome
+as committed, and only then does the interrupt go on. Either way the
+leader's connection is left out of any transaction, ready for the next
+batch.
+
 *Every status change is a compare-and-set.* :meth:`Tx.move` issues
 ``UPDATE ... SET status=:to WHERE id=:id AND status=:from`` and reports
 whether a row changed; it refuses outright a move the transition table does
@@ -337,6 +346,21 @@ class _Unguarded(Exception):
 _wrap_db_errors = getattr(peewee, "__exception_wrapper__")  # noqa: B009 - a module-private name
 
 
+_OPEN, _COMMITTING, _ROLLED_BACK = range(3)  # a Tx's state
+
+
+def _in_transaction(cursor: Any) -> bool:
+    """Whether a DB-API cursor's connection is inside a transaction (True when it cannot tell)."""
+    conn = cursor.connection
+    state = getattr(conn, "in_transaction", None)  # sqlite3
+    if isinstance(state, bool):
+        return state
+    try:
+        return int(conn.info.transaction_status) != 0  # psycopg2 and psycopg 3: 0 is IDLE
+    except Exception:  # noqa: BLE001 - a driver that does not say: as if still in one
+        return True
+
+
 class Tx:
     """The handle an operation gets: the only way it touches the database.
 
@@ -347,16 +371,23 @@ class Tx:
     (epoch ms), shared by every change in it.
     """
 
-    __slots__ = ("store", "now", "changes", "writes", "_cursor")
+    __slots__ = ("store", "now", "changes", "writes", "state", "_cursor")
 
     def __init__(self, store: Store, cursor: Any) -> None:
         self.store = store
         self.now = 0  # set by the leader once it holds the write lock (see Store._attempt)
+        self.state = _OPEN  # _COMMITTING once its COMMIT is issued, _ROLLED_BACK once given up
         self._cursor = cursor
         #: ``(task_id, from, to)`` of every move made so far in this transaction
         self.changes: list[tuple[int, TaskStatus | str | None, TaskStatus]] = []
         #: statements that may have written (any statement run through :meth:`execute` counts)
         self.writes = 0
+
+    def committed(self) -> bool:
+        """Whether the transaction's COMMIT went through: it was issued, and the connection is in
+        no transaction now (nor was it rolled back). For the store's leader, which an interrupt
+        may reach just as the COMMIT returns."""
+        return self.state == _COMMITTING and not _in_transaction(self._cursor)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement in the transaction and return the cursor."""
@@ -1207,39 +1238,54 @@ class Store:
 
     def _run_batch(self, batch: list[_Op]) -> None:
         attempt = 0
-        while True:
-            try:
-                tx, outcomes = self._attempt(batch)
-                break
-            except _Unguarded:
-                continue  # the guilty operation now has its savepoint
-            except peewee.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    attempt += 1
-                    if attempt <= self.LOCK_RETRIES:
-                        log.warning("task store locked, retrying (%d/%d)", attempt, self.LOCK_RETRIES)
-                        continue
-                    err = StoreError(
-                        "the task database stayed locked: another connection held the write lock "
-                        f"through {self.LOCK_RETRIES + 1} busy timeouts; nothing was written"
-                    )
-                    err.__cause__ = exc
-                    return self._fail(batch, err)
-                return self._split_or_fail(batch, exc)
-            except Exception as exc:  # a database error or a bug: find the guilty operation
-                return self._split_or_fail(batch, exc)
-        self._commits += 1  # one writer at a time: the leader, or the holder of the synchronous lock
-        if self._commits >= self._checkpoint_at and self._checkpointer is not None:
-            self._checkpoint_at = self._commits + self.CHECKPOINT_EVERY
-            self._checkpoint_due.set()
-        for op, (ok, value) in zip(batch, outcomes):
-            op.resolve(ok, value)
-        if tx.changes:
-            for listener in self._listeners:
+        # the attempt under way, (tx, outcomes) as its operations run: what an interrupt finds (below)
+        box: list[tuple[Tx, list[tuple[bool, Any]]]] = []
+        try:
+            while True:
+                box.clear()
                 try:
-                    listener(tx.changes)
-                except Exception:  # pragma: no cover - a listener bug must not fail the batch's callers
-                    log.exception("task store listener failed")
+                    self._attempt(batch, box)
+                    break
+                except _Unguarded:
+                    continue  # the guilty operation now has its savepoint
+                except peewee.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        attempt += 1
+                        if attempt <= self.LOCK_RETRIES:
+                            log.warning("task store locked, retrying (%d/%d)", attempt, self.LOCK_RETRIES)
+                            continue
+                        err = StoreError(
+                            "the task database stayed locked: another connection held the write lock "
+                            f"through {self.LOCK_RETRIES + 1} busy timeouts; nothing was written"
+                        )
+                        err.__cause__ = exc
+                        return self._fail(batch, err)
+                    return self._split_or_fail(batch, exc)
+                except Exception as exc:  # a database error or a bug: find the guilty operation
+                    return self._split_or_fail(batch, exc)
+            tx, outcomes = box[0]
+            self._commits += 1  # one writer at a time: the leader, or the holder of the synchronous lock
+            if self._commits >= self._checkpoint_at and self._checkpointer is not None:
+                self._checkpoint_at = self._commits + self.CHECKPOINT_EVERY
+                self._checkpoint_due.set()
+            for op, (ok, value) in zip(batch, outcomes):
+                op.resolve(ok, value)
+            if tx.changes:
+                for listener in self._listeners:
+                    try:
+                        listener(tx.changes)
+                    except Exception:  # pragma: no cover - a listener bug must not fail the batch's callers
+                        log.exception("task store listener failed")
+        except BaseException:
+            # An interrupt (KeyboardInterrupt, delivered to the thread leading) once the COMMIT went
+            # through, as it returned or while the batch was being resolved: every operation is
+            # told its outcome, as committed, before the interrupt goes on (the leader's callers
+            # would otherwise hear "interrupted", nothing written, of a change that was).
+            if box and box[0][0].committed():
+                for op, (ok, value) in zip(batch, box[0][1]):
+                    if op.ok is None:
+                        op.resolve(ok, value)
+            raise
 
     def _split_or_fail(self, batch: list[_Op], exc: BaseException) -> None:
         if len(batch) > 1:
@@ -1263,8 +1309,9 @@ class Store:
         for op in batch:
             op.resolve(False, err)
 
-    def _attempt(self, batch: list[_Op]) -> tuple[Tx, list[tuple[bool, Any]]]:
-        """Run a batch in one transaction, each operation in a savepoint; commit once.
+    def _attempt(self, batch: list[_Op], box: list[tuple[Tx, list[tuple[bool, Any]]]]) -> None:
+        """Run a batch in one transaction, each operation in a savepoint; commit once. The
+        transaction and the operations' outcomes go in ``box`` as they come (see _run_batch).
 
         The transaction is managed by hand rather than with peewee's ``atomic``:
         SQLite rolls a transaction back by itself on some errors (a full disk),
@@ -1274,13 +1321,14 @@ class Store:
         cursor = self.db.cursor()
         tx = Tx(self, cursor)
         outcomes: list[tuple[bool, Any]] = []
+        box.append((tx, outcomes))
         execute = tx._exec
         with _wrap_db_errors:  # the driver's errors become peewee's, as execute_sql would make them
-            execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
-            # the time of the batch's changes, taken once SQLite's write lock is held: a batch that
-            # waited for another process's commit is not dated before it
-            tx.now = now_ms(self.clock)
             try:
+                execute("BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN")
+                # the time of the batch's changes, taken once SQLite's write lock is held: a batch that
+                # waited for another process's commit is not dated before it
+                tx.now = now_ms(self.clock)
                 for op in batch:
                     if not op.savepoint:
                         wmark = tx.writes
@@ -1303,14 +1351,17 @@ class Store:
                     execute("RELEASE SAVEPOINT taskmgr_op")
                 if self._deferred:
                     self._run_deferred()
+                tx.state = _COMMITTING
                 execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and tx.committed():
+                    raise  # an interrupt as the COMMIT returned: committed (see _run_batch)
+                tx.state = _ROLLED_BACK
                 try:
                     execute("ROLLBACK")
                 except Exception:  # noqa: BLE001 - SQLite may have rolled it back already (a full disk)
                     pass
                 raise
-        return tx, outcomes
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: str, started: int) -> None:

@@ -357,3 +357,74 @@ def test_rows_reads_the_rows_of_many_ids_as_row_reads_each(store: Store) -> None
     found = store.write(lambda tx: tx.rows(asked))
     assert sorted(found) == [i for i in ids if i != ids[700]]
     assert all(found[i] == store.write(lambda tx, i=i: tx.row(i)) for i in (ids[0], ids[600], ids[-1]))
+
+
+# ------------------------------------------------- an interrupt in the leader (Ctrl-C on its thread)
+@pytest.fixture
+def slow_flusher_store(tmp_path, monkeypatch):
+    """A store whose flusher leaves queued outcomes alone for half a second: the next write's batch
+    carries them, deterministically."""
+    monkeypatch.setattr(Store, "LINGER", 0.5)
+    monkeypatch.setattr(Store, "LINGER_MAX", 0.5)
+    s = Store(str(tmp_path / "s.db"), synchronous="NORMAL")
+    yield s
+    s.close()
+
+
+def _interrupt_after(monkeypatch, statement: str) -> None:
+    """The next ``statement`` of a batch runs, then a KeyboardInterrupt is raised as it returns
+    (where Python delivers a Ctrl-C: after the call, before the next line)."""
+    from taskmgr.store import Tx
+
+    real = Tx._exec
+    armed = [True]
+
+    def _exec(self, sql, params=()):
+        out = real(self, sql, params)
+        if sql == statement and armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(Tx, "_exec", _exec)
+
+
+def test_an_interrupt_as_the_commit_returns_reports_the_batch_as_committed(slow_flusher_store, monkeypatch) -> None:
+    store = slow_flusher_store
+    told = []
+    store.write_async(lambda tx: tx.insert(dict(ROW)), callback=lambda ok, value: told.append((ok, value)))
+    _interrupt_after(monkeypatch, "COMMIT")
+    with pytest.raises(KeyboardInterrupt):  # the leader's own caller gets the interrupt
+        store.write(lambda tx: tx.insert(dict(ROW)))
+    assert told == [(True, 1)]  # committed, and told so (it was "the write was interrupted")
+    assert _committed(store.db.database, 1) and _committed(store.db.database, 2)
+    assert _insert(store) == 3  # and the store goes on: a new leader
+
+
+def test_an_interrupt_before_the_commit_reports_the_batch_as_not_written(slow_flusher_store, monkeypatch) -> None:
+    store = slow_flusher_store
+    told = []
+    store.write_async(lambda tx: tx.insert(dict(ROW)), callback=lambda ok, value: told.append((ok, value)))
+    _interrupt_after(monkeypatch, "BEGIN IMMEDIATE")
+    with pytest.raises(KeyboardInterrupt):
+        store.write(lambda tx: tx.insert(dict(ROW)))
+    assert len(told) == 1 and told[0][0] is False and "interrupted" in str(told[0][1])
+    assert not _committed(store.db.database, 1)
+    assert _insert(store) == 1
+
+
+def test_an_interrupt_in_a_callback_leaves_the_rest_of_the_batch_told_the_truth(slow_flusher_store) -> None:
+    store = slow_flusher_store
+    told = []
+
+    def interrupted(ok, value):
+        told.append((ok, value))
+        raise KeyboardInterrupt
+
+    store.write_async(lambda tx: tx.insert(dict(ROW)), callback=interrupted)
+    store.write_async(lambda tx: tx.insert(dict(ROW)), callback=lambda ok, value: told.append((ok, value)))
+    with pytest.raises(KeyboardInterrupt):
+        store.write(lambda tx: tx.insert(dict(ROW)))
+    assert told == [(True, 1), (True, 2)]
+    assert all(_committed(store.db.database, i) for i in (1, 2, 3))
+    assert _insert(store) == 4
