@@ -1335,7 +1335,14 @@ class TaskManager:
     def _heartbeat(self) -> None:
         """Say this node is alive; take over the tasks of any node found dead meanwhile."""
         if time.monotonic() - self._last_heartbeat >= self.node_timeout / 3:
-            self._store.heartbeat(self.node)
+            if not self._store.heartbeat(self.node):
+                # another node found this one silent for node_timeout (a stall: a suspended machine,
+                # a paused process) and took it for dead; unregistered, every node starting from now
+                # on would take its tasks over, the ones running here included
+                self._store.register_node(self.node, now_ms(self.clock))
+                log.warning("node %s was taken for dead by another node (no heartbeat for %g s): registered "
+                            "it again; tasks it ran then may have been taken over and run again",
+                            self.node, self.node_timeout)
             self._last_heartbeat = time.monotonic()
             _alive, dead = self._store.reap_nodes(int(self.node_timeout * 1000))
             if dead:

@@ -1376,9 +1376,10 @@ class Store:
 
         self.write(op)
 
-    def heartbeat(self, node: str) -> None:
+    def heartbeat(self, node: str) -> bool:
+        """Record that ``node`` is alive; False when it is not registered (any more)."""
         N = self.Node
-        self.write(lambda tx: N.update(heartbeat=tx.now).where(N.node == node).execute())
+        return bool(self.write(lambda tx: N.update(heartbeat=tx.now).where(N.node == node).execute()))
 
     def remove_node(self, node: str) -> None:
         N = self.Node

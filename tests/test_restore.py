@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import WAIT, Gates, register_test_types
@@ -83,6 +85,32 @@ def test_tasks_of_a_live_node_are_left_alone(db_path: str, gates: Gates) -> None
             assert b.get(tid).retries == 0
         gates.release.set()
         assert a.wait(tid, WAIT).status is S.SUCCESS
+
+
+def test_a_node_taken_for_dead_registers_again_at_its_next_heartbeat(db_path: str, gates: Gates, caplog) -> None:
+    """A node that stalled past node_timeout (a suspended machine, a paused process) was reaped by
+    another node: its row is gone. It used to heartbeat into nothing from then on, and every node
+    that started later took its tasks over, the ones it was running included, and ran them again."""
+    a = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(a, gates)
+    with a:
+        tid = a.submit("gate")
+        gates.wait_started(tid)
+        N = a._store.Node
+        N.delete().where(N.node == a.node).execute()  # what the node that found it dead did
+        a._last_heartbeat = 0.0  # its next poll heartbeats
+        deadline = time.monotonic() + WAIT
+        while not N.select().where(N.node == a.node).exists():
+            assert time.monotonic() < deadline, "the node did not register again"
+            time.sleep(0.02)
+        assert "registered it again" in caplog.text
+        b = TaskManager(db_path, poll_interval=0.05)
+        register_test_types(b, gates)
+        with b:  # a node that starts now leaves the running task alone
+            assert b.get(tid).status is S.RUNNING and b.get(tid).retries == 0
+        gates.release.set()
+        assert a.wait(tid, WAIT).status is S.SUCCESS
+    assert gates.ran.count(tid) == 1
 
 
 def test_an_unregistered_type_goes_unknown_with_an_explanation_and_resumes_once_registered(
