@@ -9,7 +9,8 @@ nothing. :meth:`TaskManager.start` makes it a *node*: it registers itself in
 the store, restores what a crashed node left behind, starts its executor and
 its housekeeping poll. :meth:`TaskManager.shutdown` stops it for good. A node still running
 when the interpreter exits (a script that ends, or raises, without calling
-it) is shut down then, as :meth:`TaskManager.shutdown` would: its running
+it) on the default executor is shut down then, as
+:meth:`TaskManager.shutdown` would: its running
 callables finish and are recorded, its queued tasks are handed back (with a
 warning that says how many), and it leaves the store's list of nodes. This
 happens before Python joins its threads: later, the thread pools refuse
@@ -190,6 +191,11 @@ def _at_exit() -> None:
     pid = os.getpid()
     for mgr in list(_LIVE):
         if mgr._pid != pid:  # a forked child's copy: the node is its parent's, still running there
+            continue
+        if not isinstance(mgr._executor, PoolExecutor):
+            # another executor's threads may be daemons (taskmgr.testing.StepExecutor's are): Python
+            # would not wait for them, and a shutdown that did would hang the exit of a host's
+            # failed test that held a task RUNNING; such a node is left as a crash leaves one
             continue
         try:
             mgr._shutdown(wait=True, interrupt=False, at_exit=True)

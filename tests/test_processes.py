@@ -204,3 +204,27 @@ def test_a_forked_child_that_exits_leaves_its_parents_node_alone(db_path: str) -
             observer.shutdown()
     finally:
         _kill(child)
+
+
+_STEP_SCRIPT = """
+import sys, threading
+from taskmgr import TaskManager
+from taskmgr.testing import StepExecutor
+
+ex = StepExecutor()
+mgr = TaskManager(sys.argv[1], executor=ex)
+gate = threading.Event()
+mgr.register("held", lambda ctx: gate.wait())
+mgr.start()
+tid = mgr.submit("held")
+ex.run_next()
+raise AssertionError("a host's check fails while its test holds the task RUNNING")
+"""
+
+
+def test_a_script_holding_a_step_executors_task_still_exits(db_path: str) -> None:
+    """The exit hook shuts down only nodes on the pool executor: a StepExecutor's threads are
+    daemons, and joining one that a test holds would hang the exit for good."""
+    child = subprocess.run([sys.executable, "-c", _STEP_SCRIPT, db_path], capture_output=True, text=True,
+                           timeout=WAIT)
+    assert child.returncode == 1 and "a host's check fails" in child.stderr
