@@ -679,11 +679,14 @@ class TaskManager:
         for row in rows[:direct]:
             row["ran"] = 1
         try:
-            ids = self._store.write(_op_insert, rows, direct, run_at is not None, dispatch, savepoint=False)
+            ids, dispatch = self._store.write(_op_insert, self, rows, direct, run_at is not None, dispatch,
+                                              savepoint=False)
         except BaseException:
             if direct:
                 self._executor.release(direct)
             raise
+        if direct and not dispatch:  # written unowned: a shutdown began meanwhile (see _op_insert)
+            self._executor.release(direct)
         if run_at is not None and dispatch:
             self._executor.call_at(run_at / 1000.0, self._wake_due)
         elif dispatch:
@@ -1379,17 +1382,30 @@ def _op_start(tx: Tx, task_id: int) -> dict[str, Any] | None:
     return tx.move_returning(task_id, S.QUEUED, S.RUNNING, ran=1)
 
 
-def _op_insert(tx: Tx, rows: _List[dict[str, Any]], direct: int, pending: bool, dispatch: bool) -> _List[int]:
+def _op_insert(tx: Tx, mgr: TaskManager, rows: _List[dict[str, Any]], direct: int, pending: bool,
+               dispatch: bool) -> tuple[_List[int], bool]:
     """A submit's rows: waiting PENDING (a delay), NEW (an idle manager), or owned by this node,
-    the first ``direct`` straight to RUNNING (a worker is reserved for each) and the rest QUEUED."""
+    the first ``direct`` straight to RUNNING (a worker is reserved for each) and the rest QUEUED.
+    Returns the ids, and whether the tasks are this node's to run.
+
+    A shutdown that began after the submit saw the node running hands back what the node owns
+    in a transaction of its own; if this one comes after it, tasks written as the node's would
+    stay QUEUED with an owner that no longer runs anything and that no node would ever take for
+    dead. So the flag is read here, in the transaction: once it is up, the tasks are written as
+    an idle manager writes them (unowned NEW, or PENDING), for any started node to claim."""
+    if dispatch and mgr._stopping:
+        dispatch = False
+        for row in rows:
+            row["owner"], row["ran"] = None, 0
     if pending:
-        return tx.insert_many(rows, _PATH_PENDING)
+        return tx.insert_many(rows, _PATH_PENDING), dispatch
     if not dispatch:
-        return tx.insert_many(rows)
+        return tx.insert_many(rows), dispatch
     if direct == len(rows):
-        return tx.insert_many(rows, _PATH_RUNNING)
-    return (tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []) + tx.insert_many(rows[direct:],
-                                                                                             _PATH_QUEUED)
+        return tx.insert_many(rows, _PATH_RUNNING), dispatch
+    return ((tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []) + tx.insert_many(rows[direct:],
+                                                                                              _PATH_QUEUED),
+            dispatch)
 
 
 def _op_start_later(tx: Tx, mgr: TaskManager, task_id: int) -> bool | None:

@@ -262,3 +262,52 @@ def test_a_shutdown_hands_back_tasks_written_running_that_no_worker_picked_up(db
             check_history(reader.history())
         finally:
             reader.shutdown()
+
+
+def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_node(db_path: str, gates: Gates) -> None:
+    """A submit that saw the node running but commits after its shutdown handed back the node's
+    tasks used to leave its task QUEUED, owned by a node that no longer exists and that no node
+    takes for dead: acknowledged, and never run until a restart (found by review). It is now
+    written as an idle manager writes it, unowned, and a live node claims it."""
+    import sqlite3
+    import threading
+
+    a = TaskManager(db_path, poll_interval=0.05)
+    b = TaskManager(db_path, poll_interval=0.05)
+    for m in (a, b):
+        register_test_types(m, gates)
+    b.start()
+    a.start()
+    gate = threading.Event()
+
+    def inputs():
+        gate.wait(WAIT)  # the submit has seen the node running, and waits here
+        yield {"n": 1}
+
+    got: list[list[int]] = []
+    submit = threading.Thread(target=lambda: got.append(a.submit_many("echo", inputs())))
+    submit.start()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writes: the shutdown's hand-back waits for it
+    stop = threading.Thread(target=a.shutdown)
+    stop.start()
+    store = a._store
+
+    def until(what, cond) -> None:
+        deadline = time.monotonic() + WAIT
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.005)
+
+    until("the hand-back to wait for the lock", lambda: a._executor._closed and store._leading)
+    gate.set()
+    until("the submit to queue behind it", lambda: len(store._pending) > 0)
+    other.execute("ROLLBACK")
+    other.close()
+    submit.join(WAIT)
+    stop.join(WAIT)
+    (tid,) = got[0]
+    try:
+        assert b.wait(tid, WAIT).status is S.SUCCESS  # claimed and run by the live node
+    finally:
+        b.shutdown()
