@@ -50,7 +50,7 @@ from urllib.parse import unquote_to_bytes
 import falcon
 
 from . import __version__
-from .errors import LimitExceeded, ManagerStateError, StoreError, TaskManagerError, TaskNotFound, UnknownTaskType
+from .errors import LimitExceeded, ManagerStateError, StoreError, TaskManagerError, TaskNotFound
 from .manager import DEFAULT_GRAPHSPACE, TaskManager, encode_page
 from .task import TaskPage
 
@@ -66,7 +66,6 @@ _MAX_ID = 2**63 - 1
 _STATUS_OF: list[tuple[type[TaskManagerError], str]] = [
     (TaskNotFound, falcon.HTTP_404),
     (LimitExceeded, falcon.HTTP_413),
-    (UnknownTaskType, falcon.HTTP_404),
     (StoreError, falcon.HTTP_503),
     (ManagerStateError, falcon.HTTP_503),
     (TaskManagerError, falcon.HTTP_400),

@@ -192,6 +192,19 @@ def test_suspend_and_resume_are_extension_actions(client, mgr: TaskManager, gate
     assert mgr.wait(tid, WAIT).status is S.SUCCESS
 
 
+def test_resuming_a_task_of_a_type_this_server_does_not_know_is_400_not_404(client, mgr: TaskManager) -> None:
+    """404 says "no such task" in the contract; the task exists (a GET answers 200), only its
+    type is not registered here (it answered 404; found by review)."""
+    other = TaskManager(mgr._store.db.database)
+    other.register("elsewhere", lambda ctx: 1)
+    tid = other.submit("elsewhere", delay=3600)  # PENDING, from a process that knows the type
+    other.shutdown()
+    assert client.simulate_get(f"{BASE}/tasks/{tid}").status_code == 200
+    resp = client.simulate_put(f"{BASE}/tasks/{tid}?action=resume")
+    assert resp.status_code == 400 and resp.json["exception"] == "UnknownTaskType", resp.text
+    assert "elsewhere" in resp.json["message"]
+
+
 # ----------------------------------------------------------------------- jobs
 @pytest.mark.parametrize("prefix", [BASE, LEGACY])
 def test_a_registered_http_type_is_submitted_with_201(client, mgr: TaskManager, prefix: str) -> None:
