@@ -63,6 +63,10 @@ for _alias in (_TASKS, _HOUSEKEEPING):
         _logger.setLevel(logging.WARNING)
 
 
+#: ``active`` is set on the pool's threads once they run a drain (see PoolExecutor.join)
+_DRAIN = threading.local()
+
+
 def _place(entry: tuple[int, Callable[[], None]]) -> int:
     return entry[0]
 
@@ -95,6 +99,10 @@ class Executor(Protocol):
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop; with ``wait``, return only when running calls have returned."""
+
+    # Optional, for a shutdown that waits: ``close()`` (stop taking calls, let the running ones
+    # go on) and ``join(timeout) -> bool`` (True once none runs). With them the manager keeps its
+    # node's housekeeping going while it waits (see PoolExecutor); without, it waits in shutdown.
 
 
 class PoolExecutor:
@@ -171,6 +179,7 @@ class PoolExecutor:
         self._busy = 0  # callables running
         self._reserved = 0  # workers promised to calls not yet submitted
         self._lock = threading.Lock()  # guards all of the above and the closed flag
+        self._idle = threading.Condition(self._lock)  # notified as callables return once closed
         self._closed = False
         self._scheduler = BackgroundScheduler(
             executors={
@@ -282,6 +291,7 @@ class PoolExecutor:
         """Run callables from the FIFO; in between, poll or park (see the class docs)."""
         lock, ready, clock, sleep = self._lock, self._ready, time.monotonic, time.sleep
         polled_since = 0.0  # when this drain started polling without finding work (0: not polling)
+        _DRAIN.active = True
         with lock:
             self._starting -= 1
         while True:
@@ -317,6 +327,8 @@ class PoolExecutor:
                 finally:
                     with lock:
                         self._busy -= 1
+                        if self._closed:
+                            self._idle.notify_all()
                 continue
             if polled_since:
                 sleep(self.POLL)
@@ -360,9 +372,9 @@ class PoolExecutor:
 
         self.call_at(time.time() + seconds, run)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop taking callables from the FIFO (those left in it are dropped: the manager
-        restores their tasks at its next start) and stop the scheduler."""
+    def close(self) -> None:
+        """Stop taking callables from the FIFO; those left in it are dropped (the manager hands
+        their tasks back). Running callables go on; the scheduler too (see :meth:`join`)."""
         with self._lock:
             self._closed = True
             self._ready.clear()
@@ -370,6 +382,19 @@ class PoolExecutor:
             for _ in range(self._parked - self._rung):  # wake every parked drain (the poller sees the flag)
                 self._rung += 1
                 self._bell.put(None)
+
+    def join(self, timeout: float) -> bool:
+        """After :meth:`close`: wait up to ``timeout`` seconds for the running callables (but the
+        calling thread's own, when a callable calls it) to return; True once none runs. The
+        manager keeps its housekeeping going in between (its node is alive while they run)."""
+        own = 1 if getattr(_DRAIN, "active", False) else 0
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy <= own, timeout)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking callables from the FIFO (those left in it are dropped: the manager
+        restores their tasks at its next start) and stop the scheduler."""
+        self.close()
         was_running = self._scheduler.running
         if was_running:
             # APScheduler 3 marks itself stopped before it takes its job-store lock, so a

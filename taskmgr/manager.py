@@ -517,7 +517,10 @@ class TaskManager:
         next start. With ``wait`` (the default) running callables are allowed
         to finish and their outcome is recorded; with ``interrupt`` they are
         first asked to stop (see :class:`~taskmgr.context.TaskContext`): one
-        that stops is handed back too, to run again. Without ``wait`` they are
+        that stops is handed back too, to run again. While they run, the node
+        goes on heartbeating, noticing cancels from other processes and saving
+        progress (on the default executor): it is alive until they return, and
+        no other node takes their tasks over. Without ``wait`` they are
         abandoned, like a crash: the next start restores them.
 
         A manager still running when the interpreter exits is shut down then,
@@ -537,6 +540,13 @@ class TaskManager:
             if interrupt:
                 for ctx in list(self._running.values()):
                     ctx._request_interrupt()
+            if wait and hasattr(self._executor, "close") and hasattr(self._executor, "join"):
+                # the node is alive while its callables run: it heartbeats (else another node
+                # would take their tasks over and run them again), and cancels from other
+                # processes and progress still reach it
+                self._executor.close()
+                while not self._executor.join(self.poll_interval):
+                    self._keep_alive()
             self._executor.shutdown(wait=wait)
             try:
                 self._retry_unsaved()
@@ -1341,8 +1351,18 @@ class TaskManager:
         for tid in self._store.write(op):
             self._dispatch(tid)
 
-    def _heartbeat(self) -> None:
-        """Say this node is alive; take over the tasks of any node found dead meanwhile."""
+    def _keep_alive(self) -> None:
+        """The housekeeping of a node shutting down while callables still run: progress, remote
+        cancels, heartbeat; no new work (no claims, no wake-ups, no take-overs)."""
+        for step in (self._flush_progress, self._poll_running, functools.partial(self._heartbeat, False)):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("housekeeping of node %s while it shuts down failed", self.node)
+
+    def _heartbeat(self, take_over: bool = True) -> None:
+        """Say this node is alive; take over the tasks of any node found dead meanwhile (with
+        ``take_over``)."""
         if time.monotonic() - self._last_heartbeat >= self.node_timeout / 3:
             if not self._store.heartbeat(self.node):
                 # another node found this one silent for node_timeout (a stall: a suspended machine,
@@ -1353,6 +1373,8 @@ class TaskManager:
                             "it again; tasks it ran then may have been taken over and run again",
                             self.node, self.node_timeout)
             self._last_heartbeat = time.monotonic()
+            if not take_over:
+                return
             _alive, dead = self._store.reap_nodes(int(self.node_timeout * 1000))
             if dead:
                 log.warning("node(s) %s stopped without shutting down; taking over their tasks", ", ".join(dead))

@@ -311,3 +311,47 @@ def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_nod
         assert b.wait(tid, WAIT).status is S.SUCCESS  # claimed and run by the live node
     finally:
         b.shutdown()
+
+
+def test_a_node_waiting_for_its_running_tasks_in_shutdown_keeps_its_housekeeping(db_path: str) -> None:
+    """shutdown(wait=True) (and the interpreter's exit) waits for running callables. Its node used
+    to stop heartbeating meanwhile, so another node took it for dead and ran its task a second
+    time, and a cancel from another process never reached the callable (found by review). The
+    node now heartbeats, looks for remote cancels and saves progress until they have returned."""
+    import threading
+
+    runs: list[int] = []
+
+    def node() -> TaskManager:
+        m = TaskManager(db_path, poll_interval=0.05, node_timeout=0.6)
+
+        @m.task("long")
+        def long(ctx) -> str:
+            runs.append(ctx.task_id)
+            ctx.progress = 1
+            ctx.sleep(30)
+            return "slept"
+
+        return m
+
+    a = node().start()
+    tid = a.submit("long")
+    deadline = time.monotonic() + WAIT
+    while not runs:
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.01)
+    stop = threading.Thread(target=a.shutdown)  # waits for the callable, 30 s unless cancelled
+    stop.start()
+    b = node().start()  # a live node whose heartbeat would take a silent one over after 0.6 s
+    try:
+        time.sleep(1.5)
+        task = b.get(tid)
+        assert (task.status, task.retries, runs) == (S.RUNNING, 0, [tid])  # still A's, run once
+        t0 = time.monotonic()
+        TaskManager(db_path).cancel(tid)  # an operator's process
+        stop.join(WAIT)
+        assert not stop.is_alive()
+        assert time.monotonic() - t0 < 2.0  # seen at A's next poll, not after the 30 s
+        assert b.get(tid).status is S.CANCELLED and runs == [tid]
+    finally:
+        b.shutdown()
