@@ -7,17 +7,20 @@ A manager is created *idle*: it can submit, read, cancel, delete, suspend and
 resume tasks (an operator's CLI or a client process needs no more), but runs
 nothing. :meth:`TaskManager.start` makes it a *node*: it registers itself in
 the store, restores what a crashed node left behind, starts its executor and
-its housekeeping poll. :meth:`TaskManager.shutdown` stops it for good. A node still running
-when the interpreter exits (a script that ends, or raises, without calling
-it) on the default executor is shut down then, as
-:meth:`TaskManager.shutdown` would: its running
-callables finish and are recorded, its queued tasks are handed back (with a
-warning that says how many), and it leaves the store's list of nodes. This
-happens before Python joins its threads: later, the thread pools refuse
-work, and the node's housekeeping would stop while its callables still ran,
-its heartbeat with it (other nodes would then take its tasks over as a dead
-node's). Only in the process that started it: a forked child that exits
-leaves its parent's node alone.
+its housekeeping poll. :meth:`TaskManager.shutdown` stops it for good: it
+hands back the queued tasks and, while the running callables finish, keeps
+heartbeating and polling for remote cancels (a node silent for
+``node_timeout`` would be taken for dead, its running tasks run again
+elsewhere).
+
+A node on the default executor still running when the interpreter exits (a
+script that ends, or raises, without calling :meth:`TaskManager.shutdown`)
+is shut down then, as that call would: its running callables finish and
+are recorded, its queued tasks are handed back (with a warning that says
+how many), and it leaves the store's list of nodes. This happens before
+Python joins its threads, which would wait for the callables with the
+node's housekeeping stopped. Only in the process that started the node: a
+forked child that exits leaves its parent's node alone.
 
 Who runs a task
 ===============
