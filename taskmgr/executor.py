@@ -63,7 +63,7 @@ for _alias in (_TASKS, _HOUSEKEEPING):
         _logger.setLevel(logging.WARNING)
 
 
-#: ``active`` is set on the pool's threads once they run a drain (see PoolExecutor.join)
+#: ``active`` is set on the pool's threads once they run a drain (see PoolExecutor.in_worker)
 _DRAIN = threading.local()
 
 
@@ -384,12 +384,17 @@ class PoolExecutor:
                 self._bell.put(None)
 
     def join(self, timeout: float) -> bool:
-        """After :meth:`close`: wait up to ``timeout`` seconds for the running callables (but the
-        calling thread's own, when a callable calls it) to return; True once none runs. The
-        manager keeps its housekeeping going in between (its node is alive while they run)."""
-        own = 1 if getattr(_DRAIN, "active", False) else 0
+        """After :meth:`close`: wait up to ``timeout`` seconds for the running callables to
+        return; True once none runs. The manager keeps its housekeeping going in between (its
+        node is alive while they run). Not on one of the pool's threads (see :meth:`in_worker`)."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._busy <= own, timeout)
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    @staticmethod
+    def in_worker() -> bool:
+        """Whether the calling thread is one of a pool's workers (a callable is calling): it
+        cannot wait for the pool's callables, its own among them."""
+        return bool(getattr(_DRAIN, "active", False))
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking callables from the FIFO (those left in it are dropped: the manager

@@ -209,6 +209,7 @@ def _at_exit() -> None:
 class _State(enum.Enum):
     IDLE = "idle"
     RUNNING = "running"
+    STOPPING = "stopping"  # shutdown() under way: every call still works, no task starts
     SHUT_DOWN = "shut down"
 
 
@@ -426,6 +427,7 @@ class TaskManager:
         self._types: dict[str, TaskType] = {}
         self._state = _State.IDLE
         self._state_lock = threading.Lock()
+        self._lifecycle = threading.Lock()  # held through start() and shutdown(): one at a time
         self._stopping = False
         self._running: dict[int, TaskContext] = {}
         self._unsaved: dict[int, _Outcome] = {}
@@ -441,6 +443,7 @@ class TaskManager:
         self._generation = 0  # bumped by every commit that finishes a task (and by shutdown)
         self._waiters = 0  # threads in wait(): a commit notifies only when there are some
         self._last_heartbeat = 0.0
+        self._left_unowned = 0  # tasks submitted during the shutdown, written unowned
         self._pid = os.getpid()  # the process that started it: the only one its exit hook shuts it down in
 
     # ------------------------------------------------------------ registry
@@ -498,19 +501,25 @@ class TaskManager:
 
     def start(self) -> TaskManager:
         """Become a node: restore what dead nodes left, then run tasks. Returns ``self``."""
+        self._check_startable()
+        with self._lifecycle:  # a shutdown called meanwhile waits until the node is complete
+            self._check_startable(then=_State.RUNNING)
+            self._store.register_node(self.node, now_ms(self.clock))
+            self._last_heartbeat = time.monotonic()
+            _hook_exit()
+            self._pid = os.getpid()
+            _LIVE.add(self)
+            self._executor.start()
+            self.restore()
+            self._executor.every(self.poll_interval, self._tick)
+        return self
+
+    def _check_startable(self, then: _State | None = None) -> None:
         with self._state_lock:
             if self._state is not _State.IDLE:
                 raise ManagerStateError(f"Cannot start the task manager when it is in the {self._state.value!r} state")
-            self._state = _State.RUNNING
-        self._store.register_node(self.node, now_ms(self.clock))
-        self._last_heartbeat = time.monotonic()
-        _hook_exit()
-        self._pid = os.getpid()
-        _LIVE.add(self)
-        self._executor.start()
-        self.restore()
-        self._executor.every(self.poll_interval, self._tick)
-        return self
+            if then is not None:
+                self._state = then
 
     def shutdown(self, wait: bool = True, interrupt: bool = False) -> None:
         """Stop running tasks and close the store.
@@ -526,46 +535,66 @@ class TaskManager:
         no other node takes their tasks over. Without ``wait`` they are
         abandoned, like a crash: the next start restores them.
 
+        Until it returns, every other call works (a running callable may still
+        submit, read, wait or cancel; what it submits is left unowned, for any
+        started node); a second ``shutdown()`` waits for the first. Called by a
+        task's own callable, which it could not wait for, it returns at once
+        and the shutdown goes on in a thread of its own.
+
         A manager still running when the interpreter exits is shut down then,
         with ``wait`` and without ``interrupt`` (see the module docs).
         """
+        in_worker = getattr(self._executor, "in_worker", None)
+        if in_worker is not None and in_worker():
+            with self._state_lock:
+                if self._state in (_State.STOPPING, _State.SHUT_DOWN):
+                    return
+            threading.Thread(target=self._shutdown, args=(wait, interrupt, False), name="taskmgr-shutdown").start()
+            return
         self._shutdown(wait, interrupt, at_exit=False)
 
     def _shutdown(self, wait: bool, interrupt: bool, at_exit: bool) -> None:
-        with self._state_lock:
-            if self._state is _State.SHUT_DOWN:
-                return
-            was_running = self._state is _State.RUNNING
-            self._state = _State.SHUT_DOWN
-        self._stopping = True
-        _LIVE.discard(self)
-        if was_running:
-            if interrupt:
-                for ctx in list(self._running.values()):
-                    ctx._request_interrupt()
-            if wait and hasattr(self._executor, "close") and hasattr(self._executor, "join"):
-                # the node is alive while its callables run: it heartbeats (else another node
-                # would take their tasks over and run them again), and cancels from other
-                # processes and progress still reach it
-                self._executor.close()
-                while not self._executor.join(self.poll_interval):
-                    self._keep_alive()
-            self._executor.shutdown(wait=wait)
+        with self._lifecycle:  # after a start under way; a second shutdown after the first
+            with self._state_lock:
+                if self._state in (_State.STOPPING, _State.SHUT_DOWN):
+                    return
+                was_running = self._state is _State.RUNNING
+                self._state = _State.STOPPING
+            self._stopping = True
+            _LIVE.discard(self)
             try:
-                self._retry_unsaved()
-                self._flush_progress()
-                handed_back = self._store.write(self._release)
-                self._store.remove_node(self.node)
-                if at_exit and handed_back:
-                    log.warning("task manager node %s was still running at interpreter exit: shut down, "
-                                "handed back %d queued tasks for the next start to run (call shutdown() "
-                                "to choose when)", self.node, handed_back)
-            except StoreError:
-                log.exception("could not record the shutdown of node %s", self.node)
-        self._store.close()
-        with self._done:
-            self._generation += 1
-            self._done.notify_all()
+                if was_running:
+                    if interrupt:
+                        for ctx in list(self._running.values()):
+                            ctx._request_interrupt()
+                    if wait and hasattr(self._executor, "close") and hasattr(self._executor, "join"):
+                        # the node is alive while its callables run: it heartbeats (else another
+                        # node would take their tasks over and run them again), and cancels from
+                        # other processes and progress still reach it
+                        self._executor.close()
+                        while not self._executor.join(self.poll_interval):
+                            self._keep_alive()
+                    self._executor.shutdown(wait=wait)
+            finally:  # whatever stopped the executor's shutdown, the node leaves and the store closes
+                if was_running:
+                    try:
+                        self._retry_unsaved()
+                        self._flush_progress()
+                        handed_back = self._store.write(self._release)
+                        self._store.remove_node(self.node)
+                        if at_exit and (handed_back or self._left_unowned):
+                            log.warning("task manager node %s was still running at interpreter exit: shut "
+                                        "down; %d queued tasks handed back and %d submitted meanwhile left "
+                                        "unowned, for the next start to run (call shutdown() to choose when)",
+                                        self.node, handed_back, self._left_unowned)
+                    except StoreError:
+                        log.exception("could not record the shutdown of node %s", self.node)
+                with self._state_lock:
+                    self._state = _State.SHUT_DOWN
+                self._store.close()
+                with self._done:
+                    self._generation += 1
+                    self._done.notify_all()
 
     def _release(self, tx: Tx) -> int:
         """Hand back what this node owns but is not running: queued tasks, tasks committed RUNNING
@@ -700,6 +729,8 @@ class TaskManager:
             raise
         if direct and not dispatch:  # written unowned: a shutdown began meanwhile (see _op_insert)
             self._executor.release(direct)
+        if self._stopping and not dispatch and run_at is None:
+            self._left_unowned += len(ids)  # for the exit hook's warning
         if run_at is not None and dispatch:
             self._executor.call_at(run_at / 1000.0, self._wake_due)
         elif dispatch:

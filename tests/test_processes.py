@@ -169,7 +169,7 @@ def test_a_manager_left_running_is_shut_down_when_the_interpreter_exits(db_path:
     assert child.returncode == 0, child.stderr
     ids = [int(x) for x in child.stdout.split()]
     assert "Traceback" not in child.stderr, child.stderr
-    assert "handed back 3 queued tasks" in child.stderr, child.stderr
+    assert "3 queued tasks handed back" in child.stderr, child.stderr
     observer = TaskManager(db_path)
     try:
         tasks = {t.id: t for t in observer.list(limit=-1)}
