@@ -162,6 +162,10 @@ _PATH_PENDING = (S.NEW, S.PENDING)
 _PATH_QUEUED = (S.NEW, S.QUEUED)
 _PATH_RUNNING = (S.NEW, S.QUEUED, S.RUNNING)
 _MAX_BACKOFF = 3600.0
+#: how many times a control (cancel, suspend) reads a task again after another node's transaction
+#: moved it between its read and its compare-and-set (a shared PostgreSQL; SQLite's write lock
+#: keeps others out of a whole transaction)
+_RACES = 8
 
 
 #: started managers not yet shut down: the interpreter's exit shuts them down (see _at_exit)
@@ -942,17 +946,20 @@ class TaskManager:
 
         def op(tx: Tx) -> bool:
             """True when it is now CANCELLING and runs on this node."""
-            row = tx.require(task_id, graphspace, graph)
-            st = _damaged_to_unknown(tx, row)
-            if st in NOT_STARTED:
-                if tx.move(task_id, st, S.CANCELLED, run_at=None):
-                    return False
-            elif st is S.RUNNING:
-                if tx.move(task_id, st, S.CANCELLING):
-                    return bool(row["owner"] == self.node)
-            else:
-                raise CannotCancel(task_id, st)
-            raise InvalidTransition(task_id, st, S.CANCELLED)  # lost a race (shared PostgreSQL)
+            for _ in range(_RACES):
+                row = tx.require(task_id, graphspace, graph)
+                st = _damaged_to_unknown(tx, row)
+                if st in NOT_STARTED:
+                    if tx.move(task_id, st, S.CANCELLED, run_at=None):
+                        return False
+                elif st is S.RUNNING:
+                    if tx.move(task_id, st, S.CANCELLING):
+                        return bool(row["owner"] == self.node)
+                else:
+                    raise CannotCancel(task_id, st)
+                # lost a race: another node's transaction moved the task between the read and the
+                # compare-and-set (a shared PostgreSQL reads committed rows): read it again
+            raise InvalidTransition(task_id, st, S.CANCELLED)
 
         if self._store.write(op):
             with self._cancel_lock:
@@ -1001,13 +1008,17 @@ class TaskManager:
         _check_id(task_id)
 
         def op(tx: Tx) -> None:
-            row = tx.require(task_id, graphspace, graph)
-            st = _status(row)
-            if st is S.PENDING:
-                tx.update(task_id, (S.PENDING,), run_at=None, updated=tx.now)
-                return
-            if st in _SUSPENDABLE and tx.move(task_id, st, S.PENDING, run_at=None):
-                return
+            for _ in range(_RACES):
+                row = tx.require(task_id, graphspace, graph)
+                st = _status(row)
+                if st is S.PENDING:
+                    if tx.update(task_id, (S.PENDING,), run_at=None, updated=tx.now):
+                        return
+                elif st not in _SUSPENDABLE:
+                    break
+                elif tx.move(task_id, st, S.PENDING, run_at=None):
+                    return
+                # lost a race with another node's transaction (see cancel): read the row again
             raise InvalidTransition(
                 task_id,
                 st or row["status"],

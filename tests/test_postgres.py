@@ -219,3 +219,55 @@ def test_nodes_opening_a_database_of_an_earlier_version_at_once_all_open_it(pg) 
     for t in threads:
         t.join(30)
     assert outcomes == ["ok"] * 6
+
+
+def _waiting_for_a_lock(db) -> bool:
+    return db.execute_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                          "AND datname = current_database()").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("control", ["cancel", "suspend"])
+def test_a_control_that_loses_a_race_with_another_nodes_move_reads_the_task_again(pg, control: str) -> None:
+    """The control read the task QUEUED; another node's start (QUEUED -> RUNNING) committed before
+    its compare-and-set. It used to refuse with InvalidTransition naming the stale status; it now
+    reads the task again: a cancel makes it CANCELLING, a suspend refuses with RUNNING named
+    (found by review)."""
+    import psycopg2
+
+    client = TaskManager(pg)
+    client.register("job", lambda ctx: 1)
+    try:
+        tid = client.submit("job")
+        pg.execute_sql("UPDATE taskmgr_task SET status = 'queued', owner = 'node-b' WHERE id = %s", (tid,))
+        other = _fresh_conn()
+        node_b = psycopg2.connect(URL)
+        try:
+            cur = node_b.cursor()  # node B's start, committed once the control waits on the row
+            cur.execute("UPDATE taskmgr_task SET status = 'running', ran = 1 WHERE id = %s AND status = 'queued'",
+                        (tid,))
+            out: list[object] = []
+
+            def call() -> None:
+                try:
+                    out.append(getattr(client, control)(tid))
+                except Exception as exc:  # noqa: BLE001 - checked below
+                    out.append(exc)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            for _ in range(1000):
+                if _waiting_for_a_lock(other):
+                    break
+                threading.Event().wait(0.01)
+            node_b.commit()
+            caller.join(30)
+        finally:
+            node_b.close()
+            other.close()
+        if control == "cancel":
+            assert out == [True] and client.get(tid).status is S.CANCELLING
+        else:
+            assert len(out) == 1 and isinstance(out[0], InvalidTransition), out
+            assert "in status RUNNING" in str(out[0])
+    finally:
+        client.shutdown()
