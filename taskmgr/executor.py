@@ -63,7 +63,7 @@ for _alias in (_TASKS, _HOUSEKEEPING):
         _logger.setLevel(logging.WARNING)
 
 
-#: ``active`` is set on the pool's threads once they run a drain (see PoolExecutor.in_worker)
+#: ``executor``: the PoolExecutor whose drains a pool thread runs (see PoolExecutor.in_worker)
 _DRAIN = threading.local()
 
 
@@ -291,7 +291,7 @@ class PoolExecutor:
         """Run callables from the FIFO; in between, poll or park (see the class docs)."""
         lock, ready, clock, sleep = self._lock, self._ready, time.monotonic, time.sleep
         polled_since = 0.0  # when this drain started polling without finding work (0: not polling)
-        _DRAIN.active = True
+        _DRAIN.executor = self
         with lock:
             self._starting -= 1
         while True:
@@ -390,11 +390,10 @@ class PoolExecutor:
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
-    @staticmethod
-    def in_worker() -> bool:
-        """Whether the calling thread is one of a pool's workers (a callable is calling): it
-        cannot wait for the pool's callables, its own among them."""
-        return bool(getattr(_DRAIN, "active", False))
+    def in_worker(self) -> bool:
+        """Whether the calling thread is one of this pool's workers (one of its callables is
+        calling): it cannot wait for the pool's callables, its own among them."""
+        return getattr(_DRAIN, "executor", None) is self
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking callables from the FIFO (those left in it are dropped: the manager

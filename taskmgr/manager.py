@@ -432,6 +432,9 @@ class TaskManager:
         self._state = _State.IDLE
         self._state_lock = threading.Lock()
         self._lifecycle = threading.Lock()  # held through start() and shutdown(): one at a time
+        self._lifecycle_owner: int | None = None  # the thread inside start(), while it is
+        self._stop_after_start: tuple[bool, bool, bool] | None = None  # a shutdown asked on that thread
+        self._was_running = False  # whether the shutdown under way (or interrupted) stops a node
         self._stopping = False
         self._running: dict[int, TaskContext] = {}
         self._unsaved: dict[int, _Outcome] = {}
@@ -506,16 +509,23 @@ class TaskManager:
     def start(self) -> TaskManager:
         """Become a node: restore what dead nodes left, then run tasks. Returns ``self``."""
         self._check_startable()
-        with self._lifecycle:  # a shutdown called meanwhile waits until the node is complete
+        with self._lifecycle:  # a shutdown called meanwhile from another thread waits for the node
             self._check_startable(then=_State.RUNNING)
-            self._store.register_node(self.node, now_ms(self.clock))
-            self._last_heartbeat = time.monotonic()
-            _hook_exit()
-            self._pid = os.getpid()
-            _LIVE.add(self)
-            self._executor.start()
-            self.restore()
-            self._executor.every(self.poll_interval, self._tick)
+            self._lifecycle_owner = threading.get_ident()
+            try:
+                self._store.register_node(self.node, now_ms(self.clock))
+                self._last_heartbeat = time.monotonic()
+                _hook_exit()
+                self._pid = os.getpid()
+                _LIVE.add(self)
+                self._executor.start()
+                self.restore()
+                self._executor.every(self.poll_interval, self._tick)
+            finally:
+                self._lifecycle_owner = None
+        stop, self._stop_after_start = self._stop_after_start, None
+        if stop is not None:  # asked on this very thread while it started (a signal handler)
+            self._shutdown(*stop)
         return self
 
     def _check_startable(self, then: _State | None = None) -> None:
@@ -541,9 +551,15 @@ class TaskManager:
 
         Until it returns, every other call works (a running callable may still
         submit, read, wait or cancel; what it submits is left unowned, for any
-        started node); a second ``shutdown()`` waits for the first. Called by a
-        task's own callable, which it could not wait for, it returns at once
-        and the shutdown goes on in a thread of its own.
+        started node). A ``shutdown()`` called while another is under way
+        returns at once (a signal handler's, say); one called while the node
+        starts waits for it, or, on the very thread that is starting it, runs
+        once :meth:`start` is done. Called by one of this manager's own
+        callables, which it could not wait for, it returns at once and the
+        shutdown goes on in a thread of its own. Interrupted while it waits for
+        the callables (a second Ctrl-C), it leaves the node as a crash would:
+        registered, its tasks for a restart to restore; calling it again
+        completes it.
 
         A manager still running when the interpreter exits is shut down then,
         with ``wait`` and without ``interrupt`` (see the module docs).
@@ -551,21 +567,32 @@ class TaskManager:
         in_worker = getattr(self._executor, "in_worker", None)
         if in_worker is not None and in_worker():
             with self._state_lock:
-                if self._state in (_State.STOPPING, _State.SHUT_DOWN):
+                if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
                     return
-            threading.Thread(target=self._shutdown, args=(wait, interrupt, False), name="taskmgr-shutdown").start()
+            # not a daemon (a pool worker's threads are): the interpreter's exit waits for it
+            threading.Thread(target=self._shutdown, args=(wait, interrupt, False), name="taskmgr-shutdown",
+                             daemon=False).start()
             return
         self._shutdown(wait, interrupt, at_exit=False)
 
     def _shutdown(self, wait: bool, interrupt: bool, at_exit: bool) -> None:
-        with self._lifecycle:  # after a start under way; a second shutdown after the first
+        with self._state_lock:
+            if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
+                return  # done, or under way (perhaps on this very thread: a signal handler)
+            if self._lifecycle_owner == threading.get_ident():  # this thread is inside start()
+                self._stop_after_start = (wait, interrupt, at_exit)
+                return
+        with self._lifecycle:  # after a start under way on another thread
             with self._state_lock:
-                if self._state in (_State.STOPPING, _State.SHUT_DOWN):
+                if self._state is _State.SHUT_DOWN:
                     return
-                was_running = self._state is _State.RUNNING
-                self._state = _State.STOPPING
+                if self._state is not _State.STOPPING:  # (STOPPING: an interrupted shutdown, completed now)
+                    self._was_running = self._state is _State.RUNNING
+                    self._state = _State.STOPPING
+            was_running = self._was_running
             self._stopping = True
             _LIVE.discard(self)
+            failed: Exception | None = None
             try:
                 if was_running:
                     if interrupt:
@@ -579,26 +606,31 @@ class TaskManager:
                         while not self._executor.join(self.poll_interval):
                             self._keep_alive()
                     self._executor.shutdown(wait=wait)
-            finally:  # whatever stopped the executor's shutdown, the node leaves and the store closes
-                if was_running:
-                    try:
-                        self._retry_unsaved()
-                        self._flush_progress()
-                        handed_back = self._store.write(self._release)
-                        self._store.remove_node(self.node)
-                        if at_exit and (handed_back or self._left_unowned):
-                            log.warning("task manager node %s was still running at interpreter exit: shut "
-                                        "down; %d queued tasks handed back and %d submitted meanwhile left "
-                                        "unowned, for the next start to run (call shutdown() to choose when)",
-                                        self.node, handed_back, self._left_unowned)
-                    except StoreError:
-                        log.exception("could not record the shutdown of node %s", self.node)
-                with self._state_lock:
-                    self._state = _State.SHUT_DOWN
-                self._store.close()
-                with self._done:
-                    self._generation += 1
-                    self._done.notify_all()
+            except Exception as exc:  # noqa: BLE001 - the node leaves and the store closes all the same
+                failed = exc
+            # (an interrupt, KeyboardInterrupt or SystemExit, goes on from here: the callables may
+            # still run, so the node stays as a crash leaves it; a later shutdown() completes)
+            if was_running:
+                try:
+                    self._retry_unsaved()
+                    self._flush_progress()
+                    handed_back = self._store.write(self._release)
+                    self._store.remove_node(self.node)
+                    if at_exit and (handed_back or self._left_unowned):
+                        log.warning("task manager node %s was still running at interpreter exit: shut "
+                                    "down; %d queued tasks handed back and %d submitted meanwhile left "
+                                    "unowned, for the next start to run (call shutdown() to choose when)",
+                                    self.node, handed_back, self._left_unowned)
+                except StoreError:
+                    log.exception("could not record the shutdown of node %s", self.node)
+            with self._state_lock:
+                self._state = _State.SHUT_DOWN
+            self._store.close()
+            with self._done:
+                self._generation += 1
+                self._done.notify_all()
+        if failed is not None:
+            raise failed
 
     def _release(self, tx: Tx) -> int:
         """Hand back what this node owns but is not running: queued tasks, tasks committed RUNNING

@@ -401,6 +401,8 @@ def test_a_callable_can_use_its_manager_while_the_node_shuts_down(db_path: str) 
 def test_shutdown_called_by_a_tasks_own_callable_completes_once_it_returns(db_path: str) -> None:
     """It used to raise RuntimeError("cannot join current thread") and leave the node half shut
     down: registered, its store open, its queued tasks never handed back (found by review)."""
+    import threading
+
     m = TaskManager(db_path, workers=1, poll_interval=0.05)
     returned: list[object] = []
 
@@ -414,6 +416,9 @@ def test_shutdown_called_by_a_tasks_own_callable_completes_once_it_returns(db_pa
     tid = m.submit("stopper")
     queued = m.submit("other")
     m.wait(tid, WAIT)
+    (handler,) = [t for t in threading.enumerate() if t.name == "taskmgr-shutdown"] or [None]
+    assert handler is None or not handler.daemon  # a pool worker's threads are daemons: this one must
+    # not be, or the interpreter's exit would cut the shutdown short
     deadline = time.monotonic() + WAIT
     while m._state.name != "SHUT_DOWN":
         assert time.monotonic() < deadline, "the shutdown did not complete"
@@ -460,3 +465,102 @@ def test_start_racing_shutdown_leaves_nothing_running(db_path: str) -> None:
     while threading.active_count() > before:
         assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
         time.sleep(0.02)
+
+
+def _gated_node(db_path: str):
+    import threading
+
+    m = TaskManager(db_path, poll_interval=0.02)
+    started, go = threading.Event(), threading.Event()
+
+    @m.task("held")
+    def held(ctx) -> str:
+        started.set()
+        assert go.wait(WAIT)
+        return "done"
+
+    m.start()
+    tid = m.submit("held")
+    assert started.wait(WAIT)
+    return m, tid, go
+
+
+def test_a_shutdown_called_again_on_the_thread_already_shutting_down_returns(db_path: str, monkeypatch) -> None:
+    """A host's SIGTERM handler calling shutdown() while its main thread is already in shutdown()
+    (waiting for a callable) deadlocked on the manager's own lock (found by review)."""
+    m, tid, go = _gated_node(db_path)
+    calls: list[str] = []
+    real = m._keep_alive
+
+    def keep_alive() -> None:
+        if not calls:
+            calls.append("again")
+            m.shutdown()  # what a signal handler on this thread does: returns at once
+            go.set()
+        real()
+
+    monkeypatch.setattr(m, "_keep_alive", keep_alive)
+    m.shutdown()
+    assert calls == ["again"] and m._state.name == "SHUT_DOWN"
+
+
+def test_a_shutdown_asked_on_the_thread_inside_start_runs_once_start_is_done(db_path: str, monkeypatch) -> None:
+    m = TaskManager(db_path, poll_interval=0.02)
+    m.register("t", lambda ctx: 1)
+    real = m.restore
+
+    def restore() -> int:
+        m.shutdown()  # a signal handler while start() restores: it must not wait for start()
+        return real()
+
+    monkeypatch.setattr(m, "restore", restore)
+    assert m.start() is m
+    assert m._state.name == "SHUT_DOWN"
+    other = TaskManager(db_path)
+    assert list(other._store.Node.select()) == []
+    other.shutdown()
+
+
+def test_an_interrupted_shutdown_leaves_the_node_as_a_crash_would_and_a_second_call_completes_it(
+    db_path: str, monkeypatch
+) -> None:
+    """A second Ctrl-C while shutdown() waited for a callable used to deregister the node and close
+    the store under the callable: its outcome was lost, its task left RUNNING under a node no
+    longer registered, which no live node would take over (found by review)."""
+    m, tid, go = _gated_node(db_path)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(m, "_keep_alive", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        m.shutdown()
+    assert m._store.Node.select().where(m._store.Node.node == m.node).exists()  # still registered
+    go.set()
+    assert m.wait(tid, WAIT).status is S.SUCCESS  # the store was left open: the outcome is recorded
+    monkeypatch.undo()
+    m.shutdown()  # completes it
+    assert m._state.name == "SHUT_DOWN"
+    other = TaskManager(db_path)
+    assert list(other._store.Node.select()) == []
+    other.shutdown()
+
+
+def test_a_callable_shutting_down_another_manager_waits_for_it(db_path: str, tmp_path) -> None:
+    """Only a manager's own callables hand their shutdown to a thread: one of another manager's
+    used to return at once, the other manager still running (found by review)."""
+    a = TaskManager(db_path, poll_interval=0.02)
+    b = TaskManager(str(tmp_path / "b.db"), poll_interval=0.02)
+    b.register("short", lambda ctx: ctx.sleep(0.2))
+    seen: list[str] = []
+
+    @a.task("stop_b")
+    def stop_b(ctx) -> None:
+        b.start()
+        b.submit("short")
+        b.shutdown()
+        seen.append(b._state.name)
+
+    with a:
+        a.wait(a.submit("stop_b"), WAIT)
+    assert seen == ["SHUT_DOWN"]
