@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -193,8 +194,6 @@ def test_an_interrupting_shutdown_hands_running_tasks_back_to_run_again(db_path:
 
 def test_a_callable_that_returns_when_interrupted_ends_as_it_returned(db_path: str) -> None:
     m = TaskManager(db_path, poll_interval=0.05)
-    import threading
-
     started = threading.Event()
 
     def polite(ctx) -> str:
@@ -270,8 +269,6 @@ def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_nod
     takes for dead: acknowledged, and never run until a restart (found by review). It is now
     written as an idle manager writes it, unowned, and a live node claims it."""
     import sqlite3
-    import threading
-
     a = TaskManager(db_path, poll_interval=0.05)
     b = TaskManager(db_path, poll_interval=0.05)
     for m in (a, b):
@@ -318,8 +315,6 @@ def test_a_node_waiting_for_its_running_tasks_in_shutdown_keeps_its_housekeeping
     to stop heartbeating meanwhile, so another node took it for dead and ran its task a second
     time, and a cancel from another process never reached the callable (found by review). The
     node now heartbeats, looks for remote cancels and saves progress until they have returned."""
-    import threading
-
     runs: list[int] = []
 
     def node() -> TaskManager:
@@ -361,8 +356,6 @@ def test_a_callable_can_use_its_manager_while_the_node_shuts_down(db_path: str) 
     """shutdown(wait=True) lets running callables finish; one that submits, reads or cancels used
     to fail with "the task manager is shut down" (found by review). What it submits is written
     unowned, for any started node."""
-    import threading
-
     m = TaskManager(db_path, poll_interval=0.05)
     started, go = threading.Event(), threading.Event()
 
@@ -401,8 +394,6 @@ def test_a_callable_can_use_its_manager_while_the_node_shuts_down(db_path: str) 
 def test_shutdown_called_by_a_tasks_own_callable_completes_once_it_returns(db_path: str) -> None:
     """It used to raise RuntimeError("cannot join current thread") and leave the node half shut
     down: registered, its store open, its queued tasks never handed back (found by review)."""
-    import threading
-
     m = TaskManager(db_path, workers=1, poll_interval=0.05)
     returned: list[object] = []
 
@@ -437,8 +428,6 @@ def test_start_racing_shutdown_leaves_nothing_running(db_path: str) -> None:
     """A shutdown called while start() is under way waits for it, then stops the node: no
     scheduler thread, flusher or node row is left behind (found by review: threads leaked, and
     start failed with a misleading "restore() needs a started manager")."""
-    import threading
-
     before = threading.active_count()
     for i in range(10):
         m = TaskManager(db_path, workers=2, poll_interval=0.01)
@@ -468,8 +457,6 @@ def test_start_racing_shutdown_leaves_nothing_running(db_path: str) -> None:
 
 
 def _gated_node(db_path: str):
-    import threading
-
     m = TaskManager(db_path, poll_interval=0.02)
     started, go = threading.Event(), threading.Event()
 
