@@ -63,7 +63,7 @@ for _alias in (_TASKS, _HOUSEKEEPING):
         _logger.setLevel(logging.WARNING)
 
 
-#: ``executor``: the PoolExecutor whose drains a pool thread runs (see PoolExecutor.in_worker)
+#: ``executor``: the PoolExecutor whose drains a pool thread runs (see PoolExecutor.in_any_worker)
 _DRAIN = threading.local()
 
 
@@ -181,6 +181,7 @@ class PoolExecutor:
         self._lock = threading.Lock()  # guards all of the above and the closed flag
         self._idle = threading.Condition(self._lock)  # notified as callables return once closed
         self._closed = False
+        self._timers_off = False  # set by shutdown(): no job is added from then on (see _add_job)
         self._scheduler = BackgroundScheduler(
             executors={
                 _TASKS: ThreadPoolExecutor(workers, pool_kwargs={"thread_name_prefix": "taskmgr-worker"}),
@@ -282,8 +283,9 @@ class PoolExecutor:
         Holding it is what makes shutdown safe: APScheduler's shutdown keeps
         its job-store lock while it waits for running jobs, so a job (or the
         thread committing for one) that called ``add_job`` then would wait on
-        that lock forever. :meth:`shutdown` marks the executor closed under
-        ``self._lock`` first, so no job is added once it has begun.
+        that lock forever. :meth:`shutdown` marks the executor closed (no
+        drain job) and its timers off (no timed call) under ``self._lock``
+        first, so no job is added once it has begun.
         """
         self._scheduler.add_job(fn, **kwargs)
 
@@ -357,7 +359,9 @@ class PoolExecutor:
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
         with self._lock:
-            if not self._closed:  # a timed call dropped at shutdown: its task was handed back
+            # dropped once shutdown() began (a timed task's wake-up: its task was handed back), not
+            # after close() alone: the node's poll goes on while its last callables run
+            if not self._timers_off:
                 self._add_job(fn, trigger="date", run_date=run_date, executor=_HOUSEKEEPING)
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
@@ -386,19 +390,23 @@ class PoolExecutor:
     def join(self, timeout: float) -> bool:
         """After :meth:`close`: wait up to ``timeout`` seconds for the running callables to
         return; True once none runs. The manager keeps its housekeeping going in between (its
-        node is alive while they run). Not on one of the pool's threads (see :meth:`in_worker`)."""
+        node is alive while they run). Not on a pool's thread (see :meth:`in_any_worker`)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
-    def in_worker(self) -> bool:
-        """Whether the calling thread is one of this pool's workers (one of its callables is
-        calling): it cannot wait for the pool's callables, its own among them."""
-        return getattr(_DRAIN, "executor", None) is self
+    @staticmethod
+    def in_any_worker() -> bool:
+        """Whether the calling thread is a worker of some pool (a task's callable is calling): it
+        must not wait for a pool's callables, its own pool's or, as two callables might each
+        wait for the other's, another's."""
+        return getattr(_DRAIN, "executor", None) is not None
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking callables from the FIFO (those left in it are dropped: the manager
         restores their tasks at its next start) and stop the scheduler."""
         self.close()
+        with self._lock:
+            self._timers_off = True
         was_running = self._scheduler.running
         if was_running:
             # APScheduler 3 marks itself stopped before it takes its job-store lock, so a

@@ -430,9 +430,10 @@ class TaskManager:
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._types: dict[str, TaskType] = {}
         self._state = _State.IDLE
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.RLock()  # re-entrant: a signal handler may call shutdown() inside
         self._lifecycle = threading.Lock()  # held through start() and shutdown(): one at a time
         self._lifecycle_owner: int | None = None  # the thread inside start(), while it is
+        self._shutdown_owner: int | None = None  # the thread inside _shutdown(), while it is
         self._stop_after_start: tuple[bool, bool, bool] | None = None  # a shutdown asked on that thread
         self._was_running = False  # whether the shutdown under way (or interrupted) stops a node
         self._stopping = False
@@ -509,10 +510,12 @@ class TaskManager:
     def start(self) -> TaskManager:
         """Become a node: restore what dead nodes left, then run tasks. Returns ``self``."""
         self._check_startable()
-        with self._lifecycle:  # a shutdown called meanwhile from another thread waits for the node
-            self._check_startable(then=_State.RUNNING)
-            self._lifecycle_owner = threading.get_ident()
-            try:
+        # set before the lock is taken: a shutdown() that a signal handler makes on this thread
+        # from here on is deferred to the end of start(), never waits for the lock this thread holds
+        self._lifecycle_owner = threading.get_ident()
+        try:
+            with self._lifecycle:  # a shutdown called meanwhile from another thread waits for the node
+                self._check_startable(then=_State.RUNNING)
                 self._store.register_node(self.node, now_ms(self.clock))
                 self._last_heartbeat = time.monotonic()
                 _hook_exit()
@@ -521,8 +524,8 @@ class TaskManager:
                 self._executor.start()
                 self.restore()
                 self._executor.every(self.poll_interval, self._tick)
-            finally:
-                self._lifecycle_owner = None
+        finally:
+            self._lifecycle_owner = None
         stop, self._stop_after_start = self._stop_after_start, None
         if stop is not None:  # asked on this very thread while it started (a signal handler)
             self._shutdown(*stop)
@@ -554,18 +557,18 @@ class TaskManager:
         started node). A ``shutdown()`` called while another is under way
         returns at once (a signal handler's, say); one called while the node
         starts waits for it, or, on the very thread that is starting it, runs
-        once :meth:`start` is done. Called by one of this manager's own
-        callables, which it could not wait for, it returns at once and the
+        once :meth:`start` is done. Called by a task's callable (of this
+        manager, which it could not wait for, or of another, which might be
+        waiting for one of this manager's), it returns at once and the
         shutdown goes on in a thread of its own. Interrupted while it waits for
-        the callables (a second Ctrl-C), it leaves the node as a crash would:
-        registered, its tasks for a restart to restore; calling it again
-        completes it.
+        the callables (a second Ctrl-C), it leaves the node running them,
+        heartbeating and recording their outcomes; calling it again, or the
+        interpreter's exit, completes it.
 
         A manager still running when the interpreter exits is shut down then,
         with ``wait`` and without ``interrupt`` (see the module docs).
         """
-        in_worker = getattr(self._executor, "in_worker", None)
-        if in_worker is not None and in_worker():
+        if PoolExecutor.in_any_worker():
             with self._state_lock:
                 if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
                     return
@@ -576,12 +579,22 @@ class TaskManager:
         self._shutdown(wait, interrupt, at_exit=False)
 
     def _shutdown(self, wait: bool, interrupt: bool, at_exit: bool) -> None:
+        me = threading.get_ident()
         with self._state_lock:
             if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
                 return  # done, or under way (perhaps on this very thread: a signal handler)
-            if self._lifecycle_owner == threading.get_ident():  # this thread is inside start()
+            if self._shutdown_owner == me:
+                return  # a signal handler on the thread already shutting the node down
+            if self._lifecycle_owner == me:  # this thread is inside start()
                 self._stop_after_start = (wait, interrupt, at_exit)
                 return
+            self._shutdown_owner = me  # before the lock: a signal handler on this thread returns above
+        try:
+            self._shutdown_locked(wait, interrupt, at_exit)
+        finally:
+            self._shutdown_owner = None
+
+    def _shutdown_locked(self, wait: bool, interrupt: bool, at_exit: bool) -> None:
         with self._lifecycle:  # after a start under way on another thread
             with self._state_lock:
                 if self._state is _State.SHUT_DOWN:
@@ -608,8 +621,13 @@ class TaskManager:
                     self._executor.shutdown(wait=wait)
             except Exception as exc:  # noqa: BLE001 - the node leaves and the store closes all the same
                 failed = exc
-            # (an interrupt, KeyboardInterrupt or SystemExit, goes on from here: the callables may
-            # still run, so the node stays as a crash leaves it; a later shutdown() completes)
+            except BaseException:
+                # interrupted (KeyboardInterrupt, SystemExit) while callables may still run: the
+                # node stays, its poll keeping it alive (_tick), for a later shutdown() or the
+                # interpreter's exit to complete
+                if was_running and isinstance(self._executor, PoolExecutor):
+                    _LIVE.add(self)
+                raise
             if was_running:
                 try:
                     self._retry_unsaved()
@@ -1313,6 +1331,8 @@ class TaskManager:
     def _tick(self) -> None:
         """The periodic poll: progress, remote cancels, due PENDING tasks, claims, heartbeat, retries."""
         if self._stopping:
+            if self._state is _State.STOPPING and not self._lifecycle.locked():
+                self._keep_alive()  # a shutdown was interrupted: its callables still run here
             return
         for step in (self._retry_unsaved, self._redispatch, self._flush_progress, self._poll_running,
                      self._wake_due, self._claim, self._heartbeat):

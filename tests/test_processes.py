@@ -228,3 +228,47 @@ def test_a_script_holding_a_step_executors_task_still_exits(db_path: str) -> Non
     child = subprocess.run([sys.executable, "-c", _STEP_SCRIPT, db_path], capture_output=True, text=True,
                            timeout=WAIT)
     assert child.returncode == 1 and "a host's check fails" in child.stderr
+
+
+_INTERRUPTED_SCRIPT = """
+import sys, threading
+from taskmgr import TaskManager
+
+mgr = TaskManager(sys.argv[1], workers=2, poll_interval=0.05)
+started = threading.Barrier(3)
+
+@mgr.task("work")
+def work(ctx):
+    started.wait()
+    ctx.sleep(0.5)
+    return ctx.task_id
+
+mgr.start()
+mgr.submit_many("work", [None, None])
+started.wait()
+real, calls = mgr._keep_alive, []
+def keep_alive():
+    if not calls:
+        calls.append(1)
+        raise KeyboardInterrupt  # a second Ctrl-C while shutdown() waits
+    real()
+mgr._keep_alive = keep_alive
+try:
+    mgr.shutdown()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_shutdown_interrupted_then_the_script_ending_still_records_every_outcome(db_path: str) -> None:
+    """The exit hook completes a shutdown that an interrupt cut short: the callables' outcomes
+    were lost, and the node left registered (found by review)."""
+    child = subprocess.run([sys.executable, "-c", _INTERRUPTED_SCRIPT, db_path], capture_output=True, text=True,
+                           timeout=WAIT)
+    assert child.returncode == 0 and child.stdout.strip() == "interrupted", child.stderr
+    observer = TaskManager(db_path)
+    try:
+        assert [(t.status, t.result_value) for t in observer.list()] == [(S.SUCCESS, 1), (S.SUCCESS, 2)]
+        assert list(observer._store.Node.select()) == []
+    finally:
+        observer.shutdown()

@@ -456,8 +456,8 @@ def test_start_racing_shutdown_leaves_nothing_running(db_path: str) -> None:
         time.sleep(0.02)
 
 
-def _gated_node(db_path: str):
-    m = TaskManager(db_path, poll_interval=0.02)
+def _gated_node(db_path: str, node_timeout: float = 30.0):
+    m = TaskManager(db_path, poll_interval=0.02, node_timeout=node_timeout)
     started, go = threading.Event(), threading.Event()
 
     @m.task("held")
@@ -513,19 +513,26 @@ def test_an_interrupted_shutdown_leaves_the_node_as_a_crash_would_and_a_second_c
 ) -> None:
     """A second Ctrl-C while shutdown() waited for a callable used to deregister the node and close
     the store under the callable: its outcome was lost, its task left RUNNING under a node no
-    longer registered, which no live node would take over (found by review)."""
-    m, tid, go = _gated_node(db_path)
+    longer registered, which no live node would take over (found by review). Then the node stayed
+    but stopped heartbeating, and another node ran the task again (found by the next review)."""
+    m, tid, go = _gated_node(db_path, node_timeout=0.6)
 
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(m, "_keep_alive", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        m.shutdown()
+    with monkeypatch.context() as patch:
+        patch.setattr(m, "_keep_alive", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            m.shutdown()
     assert m._store.Node.select().where(m._store.Node.node == m.node).exists()  # still registered
+    b = TaskManager(db_path, poll_interval=0.02, node_timeout=0.6)
+    b.register("held", lambda ctx: "run again")
+    b.start()
+    time.sleep(1.5)  # the interrupted node's poll keeps it alive: b does not take its task over
+    assert b.get(tid).status is S.RUNNING and b.get(tid).retries == 0
+    b.shutdown()
     go.set()
-    assert m.wait(tid, WAIT).status is S.SUCCESS  # the store was left open: the outcome is recorded
-    monkeypatch.undo()
+    assert m.wait(tid, WAIT).result_value == "done"  # the store was left open: the outcome is recorded
     m.shutdown()  # completes it
     assert m._state.name == "SHUT_DOWN"
     other = TaskManager(db_path)
@@ -533,21 +540,27 @@ def test_an_interrupted_shutdown_leaves_the_node_as_a_crash_would_and_a_second_c
     other.shutdown()
 
 
-def test_a_callable_shutting_down_another_manager_waits_for_it(db_path: str, tmp_path) -> None:
-    """Only a manager's own callables hand their shutdown to a thread: one of another manager's
-    used to return at once, the other manager still running (found by review)."""
+def test_managers_whose_callables_shut_each_other_down_both_stop(db_path: str, tmp_path) -> None:
+    """A callable's shutdown() of any manager goes on in a thread of its own: two callables each
+    waiting for the other's manager would otherwise wait for good (found by review)."""
     a = TaskManager(db_path, poll_interval=0.02)
     b = TaskManager(str(tmp_path / "b.db"), poll_interval=0.02)
-    b.register("short", lambda ctx: ctx.sleep(0.2))
-    seen: list[str] = []
+    both = threading.Barrier(2)
 
-    @a.task("stop_b")
-    def stop_b(ctx) -> None:
-        b.start()
-        b.submit("short")
-        b.shutdown()
-        seen.append(b._state.name)
+    def stopper(other: TaskManager):
+        def fn(ctx) -> str:
+            both.wait(WAIT)  # both callables run, then each shuts the other's manager down
+            other.shutdown()
+            return "asked"
+        return fn
 
-    with a:
-        a.wait(a.submit("stop_b"), WAIT)
-    assert seen == ["SHUT_DOWN"]
+    a.register("stop", stopper(b))
+    b.register("stop", stopper(a))
+    a.start()
+    b.start()
+    a.submit("stop")
+    b.submit("stop")
+    deadline = time.monotonic() + WAIT
+    while (a._state.name, b._state.name) != ("SHUT_DOWN", "SHUT_DOWN"):
+        assert time.monotonic() < deadline, (a._state, b._state)
+        time.sleep(0.02)
