@@ -67,6 +67,18 @@ for _alias in (_TASKS, _HOUSEKEEPING):
 _DRAIN = threading.local()
 
 
+def _not_at_exit(record: logging.LogRecord) -> bool:
+    """Drop APScheduler's error for a poll it could not hand to its pool because the interpreter
+    is exiting (``concurrent.futures`` refuses work then): expected while a node's shutdown
+    finishes at exit, which keeps the node alive by itself; a traceback would only alarm."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, RuntimeError) and "interpreter shutdown" in str(exc))
+
+
+_SCHEDULER_LOG = logging.getLogger("taskmgr.scheduler")
+_SCHEDULER_LOG.addFilter(_not_at_exit)
+
+
 def _place(entry: tuple[int, Callable[[], None]]) -> int:
     return entry[0]
 
@@ -189,7 +201,7 @@ class PoolExecutor:
             },
             job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 1},
             timezone=_UTC,
-            logger=logging.getLogger("taskmgr.scheduler"),
+            logger=_SCHEDULER_LOG,
         )
 
     def start(self) -> None:

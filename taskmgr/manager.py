@@ -634,13 +634,18 @@ class TaskManager:
                     self._flush_progress()
                     handed_back = self._store.write(self._release)
                     self._store.remove_node(self.node)
-                    if at_exit and (handed_back or self._left_unowned):
-                        log.warning("task manager node %s was still running at interpreter exit: shut "
-                                    "down; %d queued tasks handed back and %d submitted meanwhile left "
-                                    "unowned, for the next start to run (call shutdown() to choose when)",
-                                    self.node, handed_back, self._left_unowned)
-                except StoreError:
+                except BaseException as exc:
+                    if not isinstance(exc, Exception) and isinstance(self._executor, PoolExecutor):
+                        _LIVE.add(self)  # interrupted here too: a later shutdown(), or the exit, completes
+                    if not isinstance(exc, StoreError):
+                        raise
                     log.exception("could not record the shutdown of node %s", self.node)
+                    handed_back = 0
+                if at_exit and (handed_back or self._left_unowned):
+                    log.warning("task manager node %s was still running at interpreter exit: shut down; %d "
+                                "queued tasks handed back and %d submitted meanwhile left unowned, for the "
+                                "next start to run (call shutdown() to choose when)",
+                                self.node, handed_back, self._left_unowned)
             with self._state_lock:
                 self._state = _State.SHUT_DOWN
             self._store.close()

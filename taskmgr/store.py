@@ -1002,7 +1002,7 @@ class Store:
             with self._sync_lock:
                 self._run_batch([op])
             return op.result()  # type: ignore[no-any-return]
-        if self._leader is threading.get_ident():  # a callback of the batch just committed writes again
+        if self._leader == threading.get_ident():  # a callback of the batch just committed writes again
             self._run_batch([op])
             return op.result()  # type: ignore[no-any-return]
         with self._mu:

@@ -229,3 +229,19 @@ def test_counters_settle_when_shutdown_follows_a_submit_at_once(started: bool) -
         pool.submit(lambda: None)
     pool.shutdown(wait=True)
     assert (pool._draining, pool._starting, pool._parked, pool._polling, pool.queued) == (0, 0, 0, 0, 0)
+
+
+def test_apschedulers_error_for_a_poll_refused_at_interpreter_exit_is_not_logged() -> None:
+    """concurrent.futures refuses work once the interpreter exits; a node's shutdown finishing
+    then keeps the node alive by itself, and APScheduler's traceback for the poll it could not
+    hand over would only alarm. Other errors are logged."""
+    import logging
+
+    from taskmgr.executor import _SCHEDULER_LOG
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("taskmgr.scheduler", logging.ERROR, __file__, 1, "Error submitting job",
+                                 None, (type(exc), exc, None))
+
+    assert not _SCHEDULER_LOG.filter(record(RuntimeError("cannot schedule new futures after interpreter shutdown")))
+    assert _SCHEDULER_LOG.filter(record(RuntimeError("something else")))

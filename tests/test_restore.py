@@ -564,3 +564,25 @@ def test_managers_whose_callables_shut_each_other_down_both_stop(db_path: str, t
     while (a._state.name, b._state.name) != ("SHUT_DOWN", "SHUT_DOWN"):
         assert time.monotonic() < deadline, (a._state, b._state)
         time.sleep(0.02)
+
+
+def test_a_shutdown_interrupted_in_its_last_writes_is_left_for_the_exit_to_complete(db_path: str, monkeypatch) -> None:
+    from taskmgr import manager as manager_module
+
+    m = TaskManager(db_path, poll_interval=0.02)
+    m.register("t", lambda ctx: 1)
+    m.start()
+
+    def interrupted(node: str) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(m._store, "remove_node", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            m.shutdown()
+    assert m in manager_module._LIVE  # the exit hook completes it (a second call does too)
+    m.shutdown()
+    assert m._state.name == "SHUT_DOWN" and m not in manager_module._LIVE
+    other = TaskManager(db_path)
+    assert list(other._store.Node.select()) == []
+    other.shutdown()

@@ -428,3 +428,18 @@ def test_an_interrupt_in_a_callback_leaves_the_rest_of_the_batch_told_the_truth(
     assert told == [(True, 1), (True, 2)]
     assert all(_committed(store.db.database, i) for i in (1, 2, 3))
     assert _insert(store) == 4
+
+
+def test_a_callback_of_a_committed_batch_may_write_and_wait(store: Store) -> None:
+    """A batch's callbacks run on the thread that led it; one that wrote and waited queued its
+    write for a leader that was itself (the leader test compared thread ids with ``is``)."""
+    done = threading.Event()
+    got: list[object] = []
+
+    def callback(ok, value) -> None:
+        got.append(store.write(lambda tx: tx.insert(dict(ROW))))
+        done.set()
+
+    store.write_async(lambda tx: tx.insert(dict(ROW)), callback=callback)
+    assert done.wait(WAIT), "the callback's write waited for its own thread"
+    assert got == [2]
