@@ -559,8 +559,9 @@ class TaskManager:
         starts waits for it, or, on the very thread that is starting it, runs
         once :meth:`start` is done. Called by a task's callable (of this
         manager, which it could not wait for, or of another, which might be
-        waiting for one of this manager's), it returns at once and the
-        shutdown goes on in a thread of its own. Interrupted while it waits for
+        waiting for one of this manager's), or on the thread in the middle of
+        the store's commit (a signal handler that interrupted a submit), it
+        returns at once and the shutdown goes on in a thread of its own. Interrupted while it waits for
         the callables (a second Ctrl-C), it leaves the node running them,
         heartbeating and recording their outcomes; calling it again, or the
         interpreter's exit, completes it.
@@ -568,7 +569,10 @@ class TaskManager:
         A manager still running when the interpreter exits is shut down then,
         with ``wait`` and without ``interrupt`` (see the module docs).
         """
-        if PoolExecutor.in_any_worker():
+        # on a pool worker (a task's callable), or on the thread leading the store's commit (a
+        # signal handler that interrupted a submit there): waiting for the shutdown here would wait
+        # for this very thread
+        if PoolExecutor.in_any_worker() or self._store.leading_here():
             with self._state_lock:
                 if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
                     return

@@ -1021,6 +1021,11 @@ class Store:
             self._lead(batch)
         return op.result()  # type: ignore[no-any-return]
 
+    def leading_here(self) -> bool:
+        """Whether the calling thread is leading a commit (the store is inside its transaction, or
+        resolving its batch): a write or a close from it now would wait for itself."""
+        return self._leader == threading.get_ident()
+
     def write_async(
         self, fn: Callable[..., Any], *args: Any, savepoint: bool = True,
         callback: Callable[[bool, Any], None] | None = None,

@@ -586,3 +586,24 @@ def test_a_shutdown_interrupted_in_its_last_writes_is_left_for_the_exit_to_compl
     other = TaskManager(db_path)
     assert list(other._store.Node.select()) == []
     other.shutdown()
+
+
+def test_a_shutdown_on_the_thread_leading_a_commit_goes_on_in_a_thread_of_its_own(db_path: str) -> None:
+    """A host's signal handler calling shutdown() while its thread led a commit (a submit) closed
+    the store from inside that commit: the close waited for the flusher, the flusher for the
+    commit (found by review). Here a commit's callback plays the handler."""
+    m = TaskManager(db_path, poll_interval=0.02)
+    m.register("t", lambda ctx: 1)
+    m.start()
+    returned = threading.Event()
+
+    def handler(ok, value) -> None:
+        m.shutdown()
+        returned.set()
+
+    m._store.write_async(lambda tx: None, callback=handler)
+    assert returned.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while m._state.name != "SHUT_DOWN":
+        assert time.monotonic() < deadline, m._state
+        time.sleep(0.01)
