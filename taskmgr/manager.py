@@ -561,8 +561,9 @@ class TaskManager:
         manager, which it could not wait for, or of another, which might be
         waiting for one of this manager's), or on the thread in the middle of
         the store's commit (a signal handler that interrupted a submit), it
-        returns at once and the shutdown goes on in a thread of its own. Interrupted while it waits for
-        the callables (a second Ctrl-C), it leaves the node running them,
+        returns at once and the shutdown goes on in a thread of its own.
+        Interrupted while it waits for the callables (a second Ctrl-C), it
+        leaves the node running them,
         heartbeating and recording their outcomes; calling it again, or the
         interpreter's exit, completes it.
 
@@ -574,7 +575,7 @@ class TaskManager:
         # for this very thread
         if PoolExecutor.in_any_worker() or self._store.leading_here():
             with self._state_lock:
-                if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
+                if self._stopped_or_stopping():
                     return
             # not a daemon (a pool worker's threads are): the interpreter's exit waits for it
             threading.Thread(target=self._shutdown, args=(wait, interrupt, False), name="taskmgr-shutdown",
@@ -582,10 +583,15 @@ class TaskManager:
             return
         self._shutdown(wait, interrupt, at_exit=False)
 
+    def _stopped_or_stopping(self) -> bool:
+        """Shut down, or a shutdown under way (holding the lifecycle lock); not an interrupted
+        one, which a new call completes. Caller holds ``_state_lock``."""
+        return self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked())
+
     def _shutdown(self, wait: bool, interrupt: bool, at_exit: bool) -> None:
         me = threading.get_ident()
         with self._state_lock:
-            if self._state is _State.SHUT_DOWN or (self._state is _State.STOPPING and self._lifecycle.locked()):
+            if self._stopped_or_stopping():
                 return  # done, or under way (perhaps on this very thread: a signal handler)
             if self._shutdown_owner == me:
                 return  # a signal handler on the thread already shutting the node down
@@ -612,44 +618,14 @@ class TaskManager:
             failed: Exception | None = None
             try:
                 if was_running:
-                    if interrupt:
-                        for ctx in list(self._running.values()):
-                            ctx._request_interrupt()
-                    if wait and hasattr(self._executor, "close") and hasattr(self._executor, "join"):
-                        # the node is alive while its callables run: it heartbeats (else another
-                        # node would take their tasks over and run them again), and cancels from
-                        # other processes and progress still reach it
-                        self._executor.close()
-                        while not self._executor.join(self.poll_interval):
-                            self._keep_alive()
-                    self._executor.shutdown(wait=wait)
-            except Exception as exc:  # noqa: BLE001 - the node leaves and the store closes all the same
-                failed = exc
-            except BaseException:
+                    failed = self._stop_node(wait, interrupt, at_exit)
+            except BaseException as exc:
                 # interrupted (KeyboardInterrupt, SystemExit) while callables may still run: the
                 # node stays, its poll keeping it alive (_tick), for a later shutdown() or the
                 # interpreter's exit to complete
-                if was_running and isinstance(self._executor, PoolExecutor):
+                if not isinstance(exc, Exception) and isinstance(self._executor, PoolExecutor):
                     _LIVE.add(self)
                 raise
-            if was_running:
-                try:
-                    self._retry_unsaved()
-                    self._flush_progress()
-                    handed_back = self._store.write(self._release)
-                    self._store.remove_node(self.node)
-                except BaseException as exc:
-                    if not isinstance(exc, Exception) and isinstance(self._executor, PoolExecutor):
-                        _LIVE.add(self)  # interrupted here too: a later shutdown(), or the exit, completes
-                    if not isinstance(exc, StoreError):
-                        raise
-                    log.exception("could not record the shutdown of node %s", self.node)
-                    handed_back = 0
-                if at_exit and (handed_back or self._left_unowned):
-                    log.warning("task manager node %s was still running at interpreter exit: shut down; %d "
-                                "queued tasks handed back and %d submitted meanwhile left unowned, for the "
-                                "next start to run (call shutdown() to choose when)",
-                                self.node, handed_back, self._left_unowned)
             with self._state_lock:
                 self._state = _State.SHUT_DOWN
             self._store.close()
@@ -658,6 +634,39 @@ class TaskManager:
                 self._done.notify_all()
         if failed is not None:
             raise failed
+
+    def _stop_node(self, wait: bool, interrupt: bool, at_exit: bool) -> Exception | None:
+        """Stop the executor (keeping the node alive while its callables finish, see shutdown),
+        then hand back what the node owns and leave the store's list of nodes. Returns the
+        executor's shutdown error, if any, for the caller to raise once the store is closed."""
+        failed: Exception | None = None
+        try:
+            if interrupt:
+                for ctx in list(self._running.values()):
+                    ctx._request_interrupt()
+            if wait and hasattr(self._executor, "close") and hasattr(self._executor, "join"):
+                # the node is alive while its callables run: it heartbeats (else another node would
+                # take their tasks over and run them again), and cancels from other processes and
+                # progress still reach it
+                self._executor.close()
+                while not self._executor.join(self.poll_interval):
+                    self._keep_alive()
+            self._executor.shutdown(wait=wait)
+        except Exception as exc:  # noqa: BLE001 - the node leaves and the store closes all the same
+            failed = exc
+        try:
+            self._retry_unsaved()
+            self._flush_progress()
+            handed_back = self._store.write(self._release)
+            self._store.remove_node(self.node)
+        except StoreError:
+            log.exception("could not record the shutdown of node %s", self.node)
+            return failed
+        if at_exit and (handed_back or self._left_unowned):
+            log.warning("task manager node %s was still running at interpreter exit: shut down; %d queued "
+                        "tasks handed back and %d submitted meanwhile left unowned, for the next start to "
+                        "run (call shutdown() to choose when)", self.node, handed_back, self._left_unowned)
+        return failed
 
     def _release(self, tx: Tx) -> int:
         """Hand back what this node owns but is not running: queued tasks, tasks committed RUNNING
@@ -1526,14 +1535,15 @@ def _op_insert(tx: Tx, mgr: TaskManager, rows: _List[dict[str, Any]], direct: in
         for row in rows:
             row["owner"], row["ran"] = None, 0
     if pending:
-        return tx.insert_many(rows, _PATH_PENDING), dispatch
-    if not dispatch:
-        return tx.insert_many(rows), dispatch
-    if direct == len(rows):
-        return tx.insert_many(rows, _PATH_RUNNING), dispatch
-    return ((tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []) + tx.insert_many(rows[direct:],
-                                                                                              _PATH_QUEUED),
-            dispatch)
+        ids = tx.insert_many(rows, _PATH_PENDING)
+    elif not dispatch:
+        ids = tx.insert_many(rows)
+    elif direct == len(rows):
+        ids = tx.insert_many(rows, _PATH_RUNNING)
+    else:
+        ids = (tx.insert_many(rows[:direct], _PATH_RUNNING) if direct else []) + tx.insert_many(rows[direct:],
+                                                                                                _PATH_QUEUED)
+    return ids, dispatch
 
 
 def _op_start_later(tx: Tx, mgr: TaskManager, task_id: int) -> bool | None:

@@ -418,7 +418,8 @@ def test_shutdown_called_by_a_tasks_own_callable_completes_once_it_returns(db_pa
     other = TaskManager(db_path)  # idle: it only reads
     try:
         assert other.get(tid).status is S.SUCCESS
-        assert other.get(queued).status is S.RESTORING  # handed back: the one worker was busy
+        # handed back, or run by the worker freed before the shutdown thread closed the pool
+        assert other.get(queued).status in (S.RESTORING, S.SUCCESS)
         assert list(other._store.Node.select()) == []
     finally:
         other.shutdown()
