@@ -52,8 +52,7 @@ def throughput(sync: str, n: int) -> tuple[float, list[float]]:
                 s = time.perf_counter()
                 ids.append(mgr.submit("noop"))
                 lat.append(time.perf_counter() - s)
-            for tid in ids:
-                assert mgr.wait(tid, 120).status is TaskStatus.SUCCESS
+            assert all(task.status is TaskStatus.SUCCESS for task in mgr.wait_many(ids, 120))
             elapsed = time.perf_counter() - t0
     return n / elapsed, lat
 

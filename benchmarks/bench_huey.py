@@ -3,8 +3,10 @@
 Run ``pip install -e '.[bench]'`` then ``python benchmarks/bench_huey.py``.
 Workload (the performance issue's first): N no-op tasks submitted one by one
 from one thread, run by 4 worker threads; tasks/s from the first submit to the
-last result (huey: the last result read back; taskmgr: the last SUCCESS). Both
-use SQLite in WAL mode at the same ``synchronous`` level, FULL then NORMAL.
+last result (huey: the last result read back; taskmgr: the last SUCCESS, seen
+by one ``wait_many`` of every id; ``--wait each`` waits task by task instead,
+one read per task, as huey's results are read). Both use SQLite in WAL mode
+at the same ``synchronous`` level, FULL then NORMAL.
 Medians of ``--repeat`` alternating runs, their ratio, and the median of the
 ratios of each taskmgr run to the huey run that follows it (steadier when the
 machine's speed drifts during the runs).
@@ -24,15 +26,18 @@ from taskmgr import TaskManager, TaskStatus
 _LEVEL = {"OFF": 0, "NORMAL": 1, "FULL": 2}
 
 
-def run_taskmgr(sync: str, n: int) -> float:
+def run_taskmgr(sync: str, n: int, wait: str = "many") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         mgr = TaskManager(os.path.join(tmp, "t.db"), workers=4, synchronous=sync)
         mgr.register("noop", lambda ctx: True)
         with mgr:
             t0 = time.perf_counter()
             ids = [mgr.submit("noop") for _ in range(n)]
-            for tid in ids:
-                assert mgr.wait(tid, 120).status is TaskStatus.SUCCESS
+            if wait == "many":
+                assert all(task.status is TaskStatus.SUCCESS for task in mgr.wait_many(ids, 120))
+            else:
+                for tid in ids:
+                    assert mgr.wait(tid, 120).status is TaskStatus.SUCCESS
             return n / (time.perf_counter() - t0)
 
 
@@ -71,17 +76,20 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sync", nargs="+", default=["FULL", "NORMAL"])
+    p.add_argument("--wait", choices=["many", "each"], default="many",
+                   help="how taskmgr's side waits for the last SUCCESS: one wait_many (default) or a wait per task")
     args = p.parse_args()
     try:
         import huey
     except ImportError:
         sys.exit("bench_huey needs huey: pip install -e '.[bench]'")
+    waiting = "one wait_many" if args.wait == "many" else "a wait per task"
     print(f"python {sys.version.split()[0]}, huey {huey.__version__}, {args.tasks} no-op tasks, 4 workers, "
-          f"{args.repeat} alternating runs each")
+          f"{args.repeat} alternating runs each; taskmgr's side waits with {waiting}")
     for sync in args.sync:
         ours, theirs = [], []
         for _ in range(args.repeat):
-            ours.append(run_taskmgr(sync, args.tasks))
+            ours.append(run_taskmgr(sync, args.tasks, args.wait))
             theirs.append(run_huey(sync, args.tasks))
         a, b = statistics.median(ours), statistics.median(theirs)
         # each taskmgr run next to the huey run right after it: the machine's speed drifts (by 20% in

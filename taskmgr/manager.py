@@ -450,6 +450,7 @@ class TaskManager:
         self._done = threading.Condition()
         self._generation = 0  # bumped by every commit that finishes a task (and by shutdown)
         self._waiters = 0  # threads in wait(): a commit notifies only when there are some
+        self._watchers: dict[object, _List[int]] = {}  # one per wait_many(): the ids each commit finished
         self._last_heartbeat = 0.0
         self._left_unowned = 0  # tasks submitted during the shutdown, written unowned
         self._pid = os.getpid()  # the process that started it: the only one its exit hook shuts it down in
@@ -999,6 +1000,80 @@ class TaskManager:
                     self._waiters -= 1
             self._require_open()
 
+    def wait_many(self, task_ids: Iterable[int], timeout: float | None = None) -> _List[Task]:
+        """Block until every one of these tasks is terminal; return them in the order given.
+
+        The batch counterpart of :meth:`wait`, as :meth:`submit_many` is of
+        :meth:`submit`: it reads the tasks 512 to a statement (about 1.5 us a
+        task, where a :meth:`wait` on a finished task costs a read of its own,
+        13-20 us), then, woken by the commits of this process that finish
+        tasks, reads again only the tasks those commits finished. Every
+        ``poll_interval`` seconds it reads all the unfinished ones again, which
+        is how changes made by another process are seen.
+
+        :raises WaitTimeout: when ``timeout`` seconds pass first (the message
+            counts the unfinished tasks and names the first).
+        :raises TaskNotFound: when one does not exist or its record is deleted meanwhile.
+        :raises InvalidArgument: for an id that is not a positive integer.
+        """
+        order = [_check_id(task_id) for task_id in task_ids]
+        self._require_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # the unfinished, in the order given (the first is the one a timeout names), with the status last read
+        pending: dict[int, TaskStatus | None] = dict.fromkeys(order)
+        done: dict[int, Task] = {}
+        finished: _List[int] = []  # filled by _on_commit while this waits
+        token = object()
+        with self._done:
+            self._watchers[token] = finished
+        try:
+            check: Iterable[int] = list(pending)
+            last_full = time.monotonic()
+            while True:
+                # read before the tasks: a commit after this read bumps it, and the wait below is skipped
+                generation = self._generation
+                found = {task.id: task for task in self._store.select(ids=check)}
+                for task_id in check:
+                    if task_id not in pending:
+                        continue
+                    task = found.get(task_id)
+                    if task is None:
+                        raise TaskNotFound(task_id)
+                    if task.terminal:
+                        done[task_id] = task
+                        del pending[task_id]
+                    else:
+                        pending[task_id] = task.status
+                if not pending:
+                    return [done[task_id] for task_id in order]
+                pause = self.poll_interval
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        first, status = next(iter(pending.items()))
+                        raise WaitTimeout(
+                            f"{len(pending)} of {len(done) + len(pending)} tasks are still not terminal after "
+                            f"{timeout} s; the first is task {first}, {status.name if status else 'unread'}")
+                    pause = min(pause, left)
+                with self._done:
+                    self._waiters += 1
+                    try:
+                        if self._generation == generation and not finished:
+                            self._done.wait(pause)
+                    finally:
+                        self._waiters -= 1
+                    just_finished = finished[:]
+                    finished.clear()
+                self._require_open()
+                now = time.monotonic()
+                if now - last_full >= self.poll_interval:  # changes by other processes, deletions
+                    check, last_full = list(pending), now
+                else:
+                    check = [task_id for task_id in just_finished if task_id in pending]
+        finally:
+            with self._done:
+                del self._watchers[token]
+
     # ----------------------------------------------------------- controls
     def cancel(self, task_id: int, *, graph: str | None = None, graphspace: str | None = None) -> bool:
         """Cancel a task, per the contract: a task not yet running becomes CANCELLED at once;
@@ -1340,8 +1415,12 @@ class TaskManager:
         for _, _, to in changes:
             if to in TERMINAL:
                 self._generation += 1
-                if self._waiters:
+                if self._waiters or self._watchers:
                     with self._done:
+                        if self._watchers:
+                            finished = [task_id for task_id, _, status in changes if status in TERMINAL]
+                            for watcher in self._watchers.values():
+                                watcher.extend(finished)
                         self._done.notify_all()
                 return
 

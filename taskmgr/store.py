@@ -616,6 +616,8 @@ class Store:
     DEFER_MAX = 0.001
     #: the longest list that :meth:`select` merges across graphs by ids before reading rows
     MERGE_BY_IDS = 10_000
+    #: the most ids one statement of :meth:`select` asks for (a longer list is read in parts)
+    IDS_PER_READ = 512
     #: commits between two checkpoints of the background checkpointer (a SQLite file the store
     #: opened at ``synchronous`` NORMAL or OFF, with group commit)
     CHECKPOINT_EVERY = 100
@@ -833,9 +835,24 @@ class Store:
 
     def _select(self, status: TaskStatus | None, graphspace: str | None, graph: str | None,
                 ids: Iterable[int] | None, after: int, limit: int) -> list[Task]:
-        id_list = None if ids is None else list(ids)
-        if id_list is not None and not id_list:
-            return []
+        if ids is None:
+            return self._select_part(status, graphspace, graph, None, after, limit)
+        # In sorted parts of at most IDS_PER_READ ids, each padded (with its last id again) to a
+        # power of two: a list of any length is one of ten statements, prepared once, and stays
+        # under the database's limit on parameters (32,766 in SQLite's default build).
+        id_list = sorted(set(ids))
+        found: list[Task] = []
+        for start in range(0, len(id_list), self.IDS_PER_READ):
+            part = id_list[start:start + self.IDS_PER_READ]
+            part += part[-1:] * ((1 << (len(part) - 1).bit_length()) - len(part))
+            found += self._select_part(status, graphspace, graph, part, after,
+                                       -1 if limit < 0 else limit - len(found))
+            if 0 <= limit <= len(found):
+                break
+        return found
+
+    def _select_part(self, status: TaskStatus | None, graphspace: str | None, graph: str | None,
+                     id_list: list[int] | None, after: int, limit: int) -> list[Task]:
         params: list[Any] = [] if status is None else [status.value]
         for value in (graphspace, graph):
             if value is not None:
