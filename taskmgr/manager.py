@@ -69,6 +69,24 @@ longer exists, or it stopped sending heartbeats for ``node_timeout`` seconds)
 are restored by the next node to start, or by a live node as soon as its
 heartbeat finds the dead one.
 
+Fenced by the owner
+===================
+
+A node can be taken for dead while it is alive: stalled past
+``node_timeout`` (a suspended machine, a paused process, a long swap), it
+wakes to find that another node took its tasks over and is running them
+again. Both runs then read RUNNING, so a compare-and-set on the status alone
+would let the late node's outcome land on the other's run, and the run that
+owns the task would find it finished and lose its own outcome. So every
+write a node makes for a run of its own (the start of a queued task, the
+progress, the outcome, the hand-back at shutdown) also requires the row to
+be still owned by that node (``Tx.move(..., held_by=node)``). The late
+node's writes change nothing, and its outcome is dropped with a warning
+that names the task and its new owner; its next heartbeat registers it
+again (see :meth:`TaskManager._heartbeat`). The task ran twice, as
+at-least-once execution allows, and records the run of the node that owns
+it.
+
 Restore
 =======
 
@@ -678,10 +696,10 @@ class TaskManager:
         moved = 0
         for tid in self._store.ids_where(T.owner == self.node, T.status == S.QUEUED.value):
             if tid not in busy:
-                moved += tx.move(tid, S.QUEUED, S.RESTORING, owner=None)
+                moved += tx.move(tid, S.QUEUED, S.RESTORING, held_by=self.node, owner=None)
         for tid in self._store.ids_where(T.owner == self.node, T.status == S.RUNNING.value):
             if tid not in busy:
-                moved += tx.move(tid, S.RUNNING, S.RESTORING, owner=None, ran=0)
+                moved += tx.move(tid, S.RUNNING, S.RESTORING, held_by=self.node, owner=None, ran=0)
         T.update(owner=None).where(T.owner == self.node, T.status == S.PENDING.value).execute()
         return moved
 
@@ -1320,7 +1338,7 @@ class TaskManager:
             return  # left QUEUED (or RUNNING, never started): shutdown hands it back
         if row is None:
             try:
-                row = self._store.write(_op_start, task_id, savepoint=False)
+                row = self._store.write(_op_start, self.node, task_id, savepoint=False)
             except StoreError as exc:
                 log.error("could not start task %d (%s); it stays QUEUED and is tried again at the next poll",
                           task_id, exc)
@@ -1393,14 +1411,14 @@ class TaskManager:
             # someone asked for this and is watching for it: commit now (about a millisecond), not
             # with the next write or the flusher's next look (up to 16 ms after a burst)
             try:
-                value = self._store.write(_op_finish, task_id, outcome, savepoint=False)
+                value = self._store.write(_op_finish, self.node, task_id, outcome, savepoint=False)
             except Exception as exc:  # noqa: BLE001 - whatever stopped the write, the outcome is kept
                 done(False, exc)
             else:
                 done(True, value)
             return
         try:
-            self._store.write_async(_op_finish, task_id, outcome, savepoint=False, callback=done)
+            self._store.write_async(_op_finish, self.node, task_id, outcome, savepoint=False, callback=done)
         except StoreError:
             self._keep_unsaved(task_id, outcome)
 
@@ -1454,7 +1472,7 @@ class TaskManager:
 
         def op(tx: Tx) -> None:
             for tid, _ctx, value in dirty:
-                tx.update(tid, (S.RUNNING, S.CANCELLING), progress=value, updated=tx.now)
+                tx.update(tid, (S.RUNNING, S.CANCELLING), held_by=self.node, progress=value, updated=tx.now)
 
         self._store.write(op)
         for _tid, ctx, value in dirty:
@@ -1582,7 +1600,7 @@ class TaskManager:
     def _retry_unsaved(self) -> None:
         for tid, outcome in list(self._unsaved.items()):
             try:
-                self._store.write(_op_finish, tid, outcome)
+                self._store.write(_op_finish, self.node, tid, outcome)
             except StoreError:
                 return
             self._unsaved.pop(tid, None)
@@ -1593,9 +1611,10 @@ class TaskManager:
 
 
 # ----------------------------------------------------------------- operations
-def _op_start(tx: Tx, task_id: int) -> dict[str, Any] | None:
-    """QUEUED -> RUNNING; the row to run, or None if the task is no longer queued."""
-    return tx.move_returning(task_id, S.QUEUED, S.RUNNING, ran=1)
+def _op_start(tx: Tx, node: str, task_id: int) -> dict[str, Any] | None:
+    """QUEUED -> RUNNING; the row to run, or None if the task is no longer queued here (another
+    node took it over: see "Fenced by the owner" in the module docs)."""
+    return tx.move_returning(task_id, S.QUEUED, S.RUNNING, held_by=node, ran=1)
 
 
 def _op_insert(tx: Tx, mgr: TaskManager, rows: _List[dict[str, Any]], direct: int, pending: bool,
@@ -1635,28 +1654,40 @@ def _op_start_later(tx: Tx, mgr: TaskManager, task_id: int) -> bool | None:
         if mgr._stopping or not mgr._reserve_fn(1, ahead_of_queue=True):  # type: ignore[misc, call-arg]
             return None
         mgr._later[task_id] = True
-    return tx.move(task_id, S.QUEUED, S.RUNNING, ran=1)
+    return tx.move(task_id, S.QUEUED, S.RUNNING, held_by=mgr.node, ran=1)
 
 
-def _op_finish(tx: Tx, task_id: int, outcome: _Outcome) -> bool:
-    """Record a callable's outcome; False when the record is gone or no longer the runner's."""
+def _op_finish(tx: Tx, node: str, task_id: int, outcome: _Outcome) -> bool:
+    """Record a callable's outcome; False when the record is gone or no longer this node's run."""
+    if _record_outcome(tx, node, task_id, outcome):
+        return True
+    row = tx.row(task_id)  # only on this rare path: say why, unless the record was deleted (as asked)
+    if row is not None and row["owner"] != node:
+        log.warning("the outcome of task %d (%s) on this node (%s) is dropped: the task is now %s and %s; "
+                    "another node took it over after this one missed its heartbeats for node_timeout",
+                    task_id, outcome.status.name, node, str(row["status"]).upper(),
+                    f"owned by {row['owner']}" if row["owner"] else "owned by no node")
+    return False
+
+
+def _record_outcome(tx: Tx, node: str, task_id: int, outcome: _Outcome) -> bool:
     fields: dict[str, Any] = {"result": outcome.result, "progress": outcome.progress}
     target = outcome.status
     if target is S.RESTORING:  # interrupted by a shutdown: handed back, to run again (a re-run: ran stays 1)
-        if tx.move(task_id, S.RUNNING, S.RESTORING, owner=None, **fields):
+        if tx.move(task_id, S.RUNNING, S.RESTORING, held_by=node, owner=None, **fields):
             return True
-        return tx.move(task_id, S.CANCELLING, S.CANCELLED, **fields)
+        return tx.move(task_id, S.CANCELLING, S.CANCELLED, held_by=node, **fields)
     if target is S.PENDING:
-        if tx.move(task_id, S.RUNNING, S.PENDING, run_at=outcome.run_at, **fields):
+        if tx.move(task_id, S.RUNNING, S.PENDING, held_by=node, run_at=outcome.run_at, **fields):
             return True
         target = S.FAILED  # a cancel came first: no retry for a task being cancelled
     elif target is S.CANCELLED:
         # the callable obeyed a cancel; the row may still say RUNNING only if the cancel was not durable
-        tx.move(task_id, S.RUNNING, S.CANCELLING)
-        return tx.move(task_id, S.CANCELLING, S.CANCELLED, **fields)
-    if tx.move(task_id, S.RUNNING, target, **fields):
+        tx.move(task_id, S.RUNNING, S.CANCELLING, held_by=node)
+        return tx.move(task_id, S.CANCELLING, S.CANCELLED, held_by=node, **fields)
+    if tx.move(task_id, S.RUNNING, target, held_by=node, **fields):
         return True
-    return tx.move(task_id, S.CANCELLING, target, **fields)
+    return tx.move(task_id, S.CANCELLING, target, held_by=node, **fields)
 
 
 _BAD = object()

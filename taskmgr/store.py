@@ -473,17 +473,20 @@ class Tx:
         self.changes += [(i, frm, to) for i in ids for frm, to in steps]
         return ids
 
-    def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> bool:
-        """Compare-and-set: move ``task_id`` from ``frm`` to ``to`` if it is still ``frm``.
+    def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, *, held_by: str | None = None,
+             **fields: Any) -> bool:
+        """Compare-and-set: move ``task_id`` from ``frm`` to ``to`` if it is still ``frm`` (and,
+        with ``held_by``, still owned by that node).
 
         ``fields`` are other columns to set in the same statement. Returns
-        False when the row is gone or no longer in ``frm`` (nothing written).
+        False when the row is gone, no longer in ``frm`` or (``held_by``) owned
+        by another node or none: nothing written.
 
         :raises InvalidTransition: when the table does not allow ``frm`` -> ``to``.
         """
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
-        return self._cas(task_id, frm, to, fields, "") is not None
+        return self._cas(task_id, frm, to, fields, "", held_by=held_by) is not None
 
     def move_path(self, task_id: int, path: Sequence[TaskStatus], **fields: Any) -> bool:
         """:meth:`move` along ``path`` (``path[0]`` -> ... -> ``path[-1]``) in one statement: a
@@ -500,17 +503,18 @@ class Tx:
                 raise InvalidTransition(task_id, frm, to)
         return self._cas(task_id, path[0], path[-1], fields, "", steps) is not None
 
-    def move_returning(self, task_id: int, frm: TaskStatus, to: TaskStatus, **fields: Any) -> dict[str, Any] | None:
+    def move_returning(self, task_id: int, frm: TaskStatus, to: TaskStatus, *, held_by: str | None = None,
+                       **fields: Any) -> dict[str, Any] | None:
         """:meth:`move`, returning the moved row (as :meth:`row` does), or None when nothing moved.
 
         One statement (``UPDATE ... RETURNING``) where the database has it.
         """
         s = self.store
         if not s.update_returning:
-            return self.row(task_id) if self.move(task_id, frm, to, **fields) else None
+            return self.row(task_id) if self.move(task_id, frm, to, held_by=held_by, **fields) else None
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
-        found = self._cas(task_id, frm, to, fields, s._returning_all)
+        found = self._cas(task_id, frm, to, fields, s._returning_all, held_by=held_by)
         return None if found is None else dict(zip(s._row_names, found))
 
     def move_from_stored(self, task_id: int, stored: str, to: TaskStatus, **fields: Any) -> bool:
@@ -524,10 +528,11 @@ class Tx:
         return self._cas(task_id, stored, to, fields, "") is not None
 
     def _cas(self, task_id: int, frm: TaskStatus | str, to: TaskStatus, fields: dict[str, Any], returning: str,
-             steps: list[tuple[TaskStatus, TaskStatus]] | None = None) -> Any:
+             steps: list[tuple[TaskStatus, TaskStatus]] | None = None, held_by: str | None = None) -> Any:
         """The compare-and-set statement of the moves (already checked against the table): the
         returned row (``returning``) or True when it moved, None when it did not. ``steps``: the
-        transitions recorded for a move along a path (see :meth:`move_path`)."""
+        transitions recorded for a move along a path (see :meth:`move_path`); ``held_by``: the
+        owner the row must still have."""
         fields["status"] = _TEXT[to]
         fields["updated"] = self.now
         if self.store.history_enabled:
@@ -535,12 +540,17 @@ class Tx:
                 fields["history"] = f"{_entry_head(frm, to)}{self.now}]\n"
             else:
                 fields["history"] = "".join(f"{_entry_head(a, b)}{self.now}]\n" for a, b in steps)
-        sql = self.store.update_sql(tuple(fields), True)
+        if held_by is None:
+            sql = self.store.update_sql(tuple(fields), True)
+            params: tuple[Any, ...] = (*fields.values(), task_id, _TEXT.get(frm, frm))
+        else:
+            sql = self.store.update_sql(tuple(fields), True, 1, True)
+            params = (*fields.values(), task_id, _TEXT.get(frm, frm), held_by)
         if returning:
-            found = self._exec(sql + returning, (*fields.values(), task_id, _TEXT.get(frm, frm))).fetchone()
+            found = self._exec(sql + returning, params).fetchone()
             if found is None:
                 return None
-        elif self._exec(sql, (*fields.values(), task_id, _TEXT.get(frm, frm))).rowcount == 1:
+        elif self._exec(sql, params).rowcount == 1:
             found = True
         else:
             return None
@@ -551,10 +561,13 @@ class Tx:
             self.changes += [(task_id, a, b) for a, b in steps]
         return found
 
-    def update(self, task_id: int, statuses: Collection[TaskStatus], **fields: Any) -> bool:
-        """Set columns other than the status, only while the task is in one of ``statuses``."""
-        sql = self.store.update_sql(tuple(fields), False, len(statuses))
-        if self._exec(sql, (*fields.values(), task_id, *(st.value for st in statuses))).rowcount != 1:
+    def update(self, task_id: int, statuses: Collection[TaskStatus], *, held_by: str | None = None,
+               **fields: Any) -> bool:
+        """Set columns other than the status, only while the task is in one of ``statuses`` (and,
+        with ``held_by``, owned by that node)."""
+        sql = self.store.update_sql(tuple(fields), False, len(statuses), held_by is not None)
+        params = (*fields.values(), task_id, *(st.value for st in statuses))
+        if self._exec(sql, params if held_by is None else (*params, held_by)).rowcount != 1:
             return False
         self.writes += 1
         return True
@@ -731,13 +744,16 @@ class Store:
         return self._quote(self.Task._meta.fields[name].column_name)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one Store lives as long as its manager
-    def update_sql(self, cols: tuple[str, ...], by_status: bool, n_status: int = 1) -> str:
+    def update_sql(self, cols: tuple[str, ...], by_status: bool, n_status: int = 1, by_owner: bool = False) -> str:
+        """The UPDATE of ``cols`` by id and status (one, or ``n_status`` of them), and the owner."""
         p = self.db.param
         sets = ", ".join(f"{self._col(c)} = {p}" if c != "history" else
                          f"{self._col(c)} = COALESCE({self._col(c)}, '') || {p}" for c in cols)
         table = self._quote(self.Task._meta.table_name)
         where = f"{self._col('id')} = {p} AND {self._col('status')} "
         where += f"= {p}" if by_status else f"IN ({', '.join([p] * n_status)})"
+        if by_owner:
+            where += f" AND {self._col('owner')} = {p}"
         return f"UPDATE {table} SET {sets} WHERE {where}"
 
     @functools.lru_cache(maxsize=64)  # noqa: B019

@@ -271,3 +271,13 @@ def test_a_control_that_loses_a_race_with_another_nodes_move_reads_the_task_agai
             assert "in status RUNNING" in str(out[0])
     finally:
         client.shutdown()
+
+
+def test_writes_fenced_by_the_owner_on_postgresql(pg) -> None:
+    from test_store import check_fenced_writes
+
+    store = Store(pg)
+    try:
+        check_fenced_writes(store)
+    finally:
+        store.close()

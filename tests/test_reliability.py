@@ -98,11 +98,11 @@ def test_a_queued_task_whose_start_cannot_be_written_starts_at_a_later_poll(db_p
     real_start = manager_module._op_start
     failures = []
 
-    def failing_once(tx, task_id):
+    def failing_once(tx, node, task_id):
         if not failures:
             failures.append(task_id)
             raise peewee.OperationalError("database or disk is full")
-        return real_start(tx, task_id)
+        return real_start(tx, node, task_id)
 
     monkeypatch.setattr(manager_module, "_op_start", failing_once)
     mgr = TaskManager(db_path, workers=1, poll_interval=0.05)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import WAIT, Gates, register_test_types
-from taskmgr import TaskManager, TaskStatus, UnknownTaskType, can_move
+from taskmgr import TaskContext, TaskManager, TaskStatus, UnknownTaskType, can_move
 
 S = TaskStatus
 
@@ -608,4 +608,54 @@ def test_a_shutdown_on_the_thread_leading_a_commit_goes_on_in_a_thread_of_its_ow
     deadline = time.monotonic() + WAIT
     while m._state.name != "SHUT_DOWN":
         assert time.monotonic() < deadline, m._state
+        time.sleep(0.01)
+
+
+def test_a_node_taken_for_dead_cannot_overwrite_the_run_of_the_node_that_took_its_task_over(
+    db_path: str, caplog
+) -> None:
+    """Node a stalls past node_timeout; node b finds it dead, takes its running task over and runs
+    it again. When a's callable ends after all, its outcome and progress must not land on b's run:
+    every write of a run is fenced by the owner, not by the status alone (both runs are RUNNING)."""
+    a_go, b_started, b_go = threading.Event(), threading.Event(), threading.Event()
+
+    def in_a(ctx: TaskContext) -> str:
+        assert a_go.wait(WAIT)
+        ctx.progress = 77
+        time.sleep(0.3)  # a few polls: each would save the progress
+        return "a's run"
+
+    def in_b(ctx: TaskContext) -> str:
+        ctx.progress = 5
+        b_started.set()
+        assert b_go.wait(WAIT)
+        return "b's run"
+
+    a = TaskManager(db_path, poll_interval=0.05, node_timeout=3600)  # no heartbeat in this test's time
+    a.register("job", in_a)
+    with a:
+        tid = a.submit("job")
+        _until(lambda: tid in a._running)
+        N, T = a._store.Node, a._store.Task
+        N.delete().where(N.node == a.node).execute()  # what a node that found it dead does
+        b = TaskManager(db_path, poll_interval=0.05)
+        b.register("job", in_b)
+        with b:
+            assert b_started.wait(WAIT)  # b took the task over and runs it again
+            _until(lambda: b.get(tid).progress == 5)
+            a_go.set()  # a wakes up: its progress, then its outcome
+            _until(lambda: tid not in a._running)  # a's outcome went through its commit
+            task = b.get(tid)
+            assert (task.status, task.progress, task.result) == (S.RUNNING, 5, None)
+            assert T.get_by_id(tid).owner == b.node
+            b_go.set()
+            done = b.wait(tid, WAIT)
+    assert (done.status, done.result_value, done.retries) == (S.SUCCESS, "b's run", 1)
+    assert f"task {tid}" in caplog.text and "dropped" in caplog.text
+
+
+def _until(cond) -> None:
+    deadline = time.monotonic() + WAIT
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)

@@ -443,3 +443,32 @@ def test_a_callback_of_a_committed_batch_may_write_and_wait(store: Store) -> Non
     store.write_async(lambda tx: tx.insert(dict(ROW)), callback=callback)
     assert done.wait(WAIT), "the callback's write waited for its own thread"
     assert got == [2]
+
+
+def check_fenced_writes(store: Store) -> None:
+    """Moves and updates with ``held_by`` change a row only while that node owns it; what they
+    refuse leaves the row, its history included, as it was. (Also run on PostgreSQL.)"""
+    tid = store.write(lambda tx: tx.insert(dict(ROW, owner="node-b"), (S.NEW, S.QUEUED)))
+    before = store.get(tid)
+    for node in ("node-b", None):  # another owner; and an unowned row, when held_by names one
+        if node is None:
+            store.write(lambda tx: tx.update(tid, (S.QUEUED,), owner=None))
+            before = store.get(tid)
+        assert store.write(lambda tx: tx.move_returning(tid, S.QUEUED, S.RUNNING, held_by="node-a", ran=1)) is None
+        assert not store.write(lambda tx: tx.move(tid, S.QUEUED, S.RUNNING, held_by="node-a"))
+        assert not store.write(lambda tx: tx.update(tid, (S.QUEUED,), held_by="node-a", progress=9))
+        assert store.get(tid) == before
+        store.write(lambda tx: tx.update(tid, (S.QUEUED,), owner="node-a"))
+        before = store.get(tid)
+    row = store.write(lambda tx: tx.move_returning(tid, S.QUEUED, S.RUNNING, held_by="node-a", ran=1))
+    assert row is not None and (row["status"], row["owner"], row["ran"]) == ("running", "node-a", 1)
+    assert store.write(lambda tx: tx.update(tid, (S.RUNNING,), held_by="node-a", progress=40))
+    assert store.write(lambda tx: tx.move(tid, S.RUNNING, S.SUCCESS, held_by="node-a", result="1"))
+    done = store.get(tid)
+    assert (done.status, done.progress, done.result) == (S.SUCCESS, 40, "1")
+    assert [(t.from_status, t.to_status) for t in store.history(tid)] == [
+        (None, S.NEW), (S.NEW, S.QUEUED), (S.QUEUED, S.RUNNING), (S.RUNNING, S.SUCCESS)]
+
+
+def test_writes_fenced_by_the_owner_change_only_the_owners_row(store: Store) -> None:
+    check_fenced_writes(store)
