@@ -853,18 +853,32 @@ class Store:
                 ids: Iterable[int] | None, after: int, limit: int) -> list[Task]:
         if ids is None:
             return self._select_part(status, graphspace, graph, None, after, limit)
-        # In sorted parts of at most IDS_PER_READ ids, each padded (with its last id again) to a
-        # power of two: a list of any length is one of ten statements, prepared once, and stays
-        # under the database's limit on parameters (32,766 in SQLite's default build).
-        id_list = sorted(set(ids))
         found: list[Task] = []
-        for start in range(0, len(id_list), self.IDS_PER_READ):
-            part = id_list[start:start + self.IDS_PER_READ]
-            part += part[-1:] * ((1 << (len(part) - 1).bit_length()) - len(part))
+        for part in self._parts(ids):
             found += self._select_part(status, graphspace, graph, part, after,
                                        -1 if limit < 0 else limit - len(found))
             if 0 <= limit <= len(found):
                 break
+        return found
+
+    def _parts(self, ids: Iterable[int]) -> Iterable[list[int]]:
+        """``ids`` sorted, without repeats, in parts of at most :attr:`IDS_PER_READ`, each padded
+        (with its last id again) to a power of two: a list of any length is read by one of ten
+        statements, prepared once, and stays under the database's limit on parameters (32,766 in
+        SQLite's default build)."""
+        id_list = sorted(set(ids))
+        for start in range(0, len(id_list), self.IDS_PER_READ):
+            part = id_list[start:start + self.IDS_PER_READ]
+            yield part + part[-1:] * ((1 << (len(part) - 1).bit_length()) - len(part))
+
+    def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
+        """The status of each of these tasks that exists (UNKNOWN for a damaged one): two columns
+        of each row, about a sixth of the cost of reading the tasks."""
+        found: dict[int, TaskStatus] = {}
+        for part in self._parts(ids):
+            sql = self._list_sql(False, False, False, len(part), False, False, "status")
+            for task_id, text in self._read(sql, part):
+                found[task_id] = _BY_TEXT.get(text, TaskStatus.UNKNOWN)
         return found
 
     def _select_part(self, status: TaskStatus | None, graphspace: str | None, graph: str | None,
@@ -888,7 +902,8 @@ class Store:
                   what: str) -> str:
         """The SELECT of a list, the conditions given taking their parameters in this order: status,
         graphspace, graph, ``n_ids`` ids (none when negative), the id to start after, the limit.
-        ``what`` is ``"id"`` (read from the index alone) or ``"task"`` (a Task's columns).
+        ``what`` is ``"id"`` (read from the index alone), ``"status"`` (the id and the status) or
+        ``"task"`` (a Task's columns).
 
         Built once per shape and run by the driver alone: peewee took 0.3 ms to build and run each
         list of a graph's ids, six times the statement itself."""
@@ -899,7 +914,8 @@ class Store:
             conds.append(f"{self._col('id')} IN ({', '.join([p] * n_ids)})")
         if after:
             conds.append(f"{self._col('id')} > {p}")
-        cols = self._col("id") if what == "id" else ", ".join(self._col(name) for name in _TASK_FIELDS)
+        names = {"id": ("id",), "status": ("id", "status")}.get(what, _TASK_FIELDS)
+        cols = ", ".join(self._col(name) for name in names)
         sql = f"SELECT {cols} FROM {self._quote(self.Task._meta.table_name)}"
         if conds:
             sql += " WHERE " + " AND ".join(conds)

@@ -129,6 +129,61 @@ def test_sees_changes_made_by_another_process_at_its_poll(db_path: str, gates: G
             other.shutdown()
 
 
+def test_a_timeout_comes_only_after_a_last_read_of_every_task(db_path: str) -> None:
+    """Another process's change is seen by the pass over every task each poll_interval; with a
+    poll longer than the timeout, only a last pass before the timeout can see it."""
+    with TaskManager(db_path, poll_interval=30, workers=1) as here:
+        here.register("noop", lambda ctx: None)
+        tid = here.submit("noop", delay=3600)
+        other = TaskManager(db_path)
+        try:
+            timer = threading.Timer(0.1, other.cancel, args=(tid,))
+            timer.start()
+            assert here.wait_many([tid], 0.5)[0].status is S.CANCELLED
+            timer.join()
+        finally:
+            other.shutdown()
+
+
+def test_a_timeout_names_the_status_the_task_has_then(db_path: str) -> None:
+    """The task was QUEUED at the first read and RUNNING by the timeout: the message says RUNNING."""
+    release = {name: threading.Event() for name in ("a", "b")}
+    m = TaskManager(db_path, workers=1, poll_interval=30)
+    m.register("held", lambda ctx: release[ctx.input].wait(WAIT))
+    with m:
+        first, second = m.submit("held", "a"), m.submit("held", "b")  # one worker: the second waits
+        threading.Timer(0.1, release["a"].set).start()
+        try:
+            with pytest.raises(WaitTimeout, match=rf"the first is task {second}, RUNNING$"):
+                m.wait_many([second], 0.6)
+        finally:
+            release["a"].set()
+            release["b"].set()
+        assert m.wait(first, WAIT).status is S.SUCCESS
+
+
+def test_a_pass_over_unfinished_tasks_reads_their_statuses_not_their_rows(db_path: str, monkeypatch) -> None:
+    """Rows are read once, when a task is found terminal: a wait on many unfinished tasks must not
+    build them all again at every pass."""
+    with TaskManager(db_path, poll_interval=0.02, workers=1) as m:
+        m.register("noop", lambda ctx: None)
+        waiting = m.submit_many("noop", [None] * 1500, delay=3600)
+        done = m.submit("noop")
+        m.wait(done, WAIT)
+        rows_read: list[int] = []
+        select = type(m._store).select
+
+        def counting(self, **kw):  # type: ignore[no-untyped-def]
+            found = select(self, **kw)
+            rows_read.append(len(found))
+            return found
+
+        monkeypatch.setattr(type(m._store), "select", counting)
+        with pytest.raises(WaitTimeout, match="^1500 of 1501 tasks are still not terminal"):
+            m.wait_many([done, *waiting], 0.3)
+        assert sum(rows_read) == 1  # the finished one, once
+
+
 def test_a_task_deleted_meanwhile_is_reported(db_path: str) -> None:
     with TaskManager(db_path, poll_interval=0.05, workers=1) as m:
         m.register("noop", lambda ctx: None)
