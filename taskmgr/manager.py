@@ -155,7 +155,7 @@ from .errors import (
 )
 from .executor import Executor, InlineExecutor, PoolExecutor
 from .status import NOT_STARTED, PREDECESSORS, TERMINAL, TaskStatus
-from .store import Store, Tx, now_ms
+from .store import NOBODY, Store, Tx, held, now_ms
 from .task import Task, TaskPage, Transition
 
 __all__ = ["TaskManager", "TaskType", "DEFAULT_GRAPH", "DEFAULT_GRAPHSPACE"]
@@ -1266,7 +1266,7 @@ class TaskManager:
             if not ids:
                 break
             after = ids[-1]
-            queued = store.write(self._restore_batch, ids, statuses, live)
+            queued = store.write(self._restore_batch, ids, statuses)
             touched += len(ids)
             for tid in queued:
                 self._dispatch(tid)
@@ -1274,18 +1274,26 @@ class TaskManager:
             log.info("restored %d task(s) left by stopped nodes", touched)
         return touched
 
-    def _restore_batch(self, tx: Tx, ids: _List[int], statuses: _List[str], live: set[str]) -> _List[int]:
+    def _restore_batch(self, tx: Tx, ids: _List[int], statuses: _List[str]) -> _List[int]:
+        """Take over the tasks among ``ids`` that no registered node owns. Who is registered is
+        read here, in the batch's transaction, after its rows: a restore over a big backlog takes
+        many batches, and a node that registered since the restore began (or since the ids were
+        read) is alive. Every write requires the owner it read (``held_by``): on a database that
+        lets another node's commit land between this read and the write (PostgreSQL), a task
+        that node restored and started meanwhile is left alone."""
         queued: _List[int] = []
         rows = tx.rows(ids)  # one read for the batch, in its transaction
+        live = tx.nodes() | {self.node}
         for tid in ids:
             row = rows.get(tid)
             if row is None or (row["owner"] is not None and row["owner"] in live):
-                continue  # gone, or claimed by a live node since the ids were read
+                continue  # gone, or owned by a registered node
             st = _damaged_to_unknown(tx, row)
+            fence = held(row["owner"])
             if st is S.PENDING:
-                tx.update(tid, (S.PENDING,), owner=self.node)
+                tx.update(tid, (S.PENDING,), held_by=fence, owner=self.node)
             elif st is S.CANCELLING:
-                tx.move(tid, st, S.CANCELLED)
+                tx.move(tid, st, S.CANCELLED, held_by=fence)
             elif st.value in statuses or st is S.UNKNOWN:
                 if st is S.UNKNOWN and not (
                     (row["result"] or "").startswith(_UNREGISTERED) and row["type"] in self._types
@@ -1296,6 +1304,7 @@ class TaskManager:
                         tid,
                         st,
                         S.FAILED,
+                        held_by=fence,
                         result=f"RestoreLimit: the task was interrupted while running {row['restores'] + 1} "
                         f"times (its process died each time); gave up after max_restores={self.max_restores}",
                     )
@@ -1317,37 +1326,39 @@ class TaskManager:
         RESTORING, unowned, for a started node to claim.
         """
         tid = row["id"]
+        fence = held(row["owner"])  # every write requires the owner read with the row
         fields: dict[str, Any] = {"run_at": None, **extra}
         if row["ran"]:
             fields.update(retries=row["retries"] + 1, ran=0)
         if self.running:
             if row["type"] not in self._types:
-                return self._mark_unknown(tx, tid, st, _unregistered_text(row["type"]))
+                return self._mark_unknown(tx, row, st, _unregistered_text(row["type"]))
             if _decode_input_or_none(row) is _BAD:
-                return self._mark_unknown(tx, tid, st, "InvalidInput: the stored task_input is not valid JSON")
+                return self._mark_unknown(tx, row, st, "InvalidInput: the stored task_input is not valid JSON")
         owner = self.node if self.running else None
         if st is S.SCHEDULING:
-            if not tx.move(tid, st, S.NEW):
+            if not tx.move(tid, st, S.NEW, held_by=fence):
                 return False
             st = S.NEW
         if st in (S.NEW, S.SCHEDULED):
-            return self.running and tx.move(tid, st, S.QUEUED, owner=owner, **fields)
+            return self.running and tx.move(tid, st, S.QUEUED, held_by=fence, owner=owner, **fields)
         if st is S.RESTORING:
-            tx.update(tid, (S.RESTORING,), owner=owner, **fields)
-        elif self.running:  # through RESTORING to QUEUED in one statement (half a restore's writes)
-            return tx.move_path(tid, (st, S.RESTORING, S.QUEUED), owner=owner, result=None, **fields)
-        elif not tx.move(tid, st, S.RESTORING, owner=owner, **fields):
+            if self.running:  # the owner and the move in one statement: no unowned QUEUED in between
+                return tx.move(tid, S.RESTORING, S.QUEUED, held_by=fence, owner=owner, result=None, **fields)
+            tx.update(tid, (S.RESTORING,), held_by=fence, owner=owner, **fields)
             return False
-        if not self.running:
-            return False
-        return tx.move(tid, S.RESTORING, S.QUEUED, result=None)
+        if self.running:  # through RESTORING to QUEUED in one statement (half a restore's writes)
+            return tx.move_path(tid, (st, S.RESTORING, S.QUEUED), held_by=fence, owner=owner, result=None, **fields)
+        tx.move(tid, st, S.RESTORING, held_by=fence, owner=owner, **fields)
+        return False
 
     @staticmethod
-    def _mark_unknown(tx: Tx, tid: int, st: TaskStatus, why: str) -> bool:
+    def _mark_unknown(tx: Tx, row: dict[str, Any], st: TaskStatus, why: str) -> bool:
+        fence = held(row["owner"])
         if st is not S.UNKNOWN:
-            tx.move(tid, st, S.UNKNOWN, result=why)
+            tx.move(row["id"], st, S.UNKNOWN, held_by=fence, result=why)
         else:
-            tx.update(tid, (S.UNKNOWN,), result=why)
+            tx.update(row["id"], (S.UNKNOWN,), held_by=fence, result=why)
         return False
 
     # ----------------------------------------------------------- execution
@@ -1578,8 +1589,8 @@ class TaskManager:
                 st = S(fresh["status"])
                 if st is S.NEW:
                     if _decode_input_or_none(fresh) is _BAD:
-                        self._mark_unknown(tx, fresh["id"], st, "InvalidInput: the stored task_input is not valid JSON")
-                    elif tx.move(fresh["id"], st, S.QUEUED, owner=self.node):
+                        self._mark_unknown(tx, fresh, st, "InvalidInput: the stored task_input is not valid JSON")
+                    elif tx.move(fresh["id"], st, S.QUEUED, held_by=NOBODY, owner=self.node):
                         out.append(fresh["id"])
                 elif self._requeue(tx, fresh, st):
                     out.append(fresh["id"])

@@ -150,6 +150,23 @@ _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
 assert _TASK_FIELDS[3] == "status"
 
 
+class _Nobody:
+    """The type of :data:`NOBODY`."""
+
+    def __repr__(self) -> str:
+        return "NOBODY"
+
+
+#: ``held_by=NOBODY``: the compare-and-set also requires the task to be owned by no node (an
+#: ``owner`` that is NULL).
+NOBODY: Any = _Nobody()
+
+
+def held(owner: str | None) -> Any:
+    """The ``held_by`` that requires the owner a row was read with: that node, or :data:`NOBODY`."""
+    return NOBODY if owner is None else owner
+
+
 def now_ms(clock: Callable[[], float] = time.time) -> int:
     """The clock's time in epoch milliseconds."""
     return int(clock() * 1000)
@@ -476,11 +493,11 @@ class Tx:
     def move(self, task_id: int, frm: TaskStatus, to: TaskStatus, *, held_by: str | None = None,
              **fields: Any) -> bool:
         """Compare-and-set: move ``task_id`` from ``frm`` to ``to`` if it is still ``frm`` (and,
-        with ``held_by``, still owned by that node).
+        with ``held_by``, still owned by that node, or by none for :data:`NOBODY`).
 
         ``fields`` are other columns to set in the same statement. Returns
-        False when the row is gone, no longer in ``frm`` or (``held_by``) owned
-        by another node or none: nothing written.
+        False when the row is gone, no longer in ``frm`` or (``held_by``) not
+        owned as it says: nothing written.
 
         :raises InvalidTransition: when the table does not allow ``frm`` -> ``to``.
         """
@@ -488,7 +505,8 @@ class Tx:
             raise InvalidTransition(task_id, frm, to)
         return self._cas(task_id, frm, to, fields, "", held_by=held_by) is not None
 
-    def move_path(self, task_id: int, path: Sequence[TaskStatus], **fields: Any) -> bool:
+    def move_path(self, task_id: int, path: Sequence[TaskStatus], *, held_by: str | None = None,
+                  **fields: Any) -> bool:
         """:meth:`move` along ``path`` (``path[0]`` -> ... -> ``path[-1]``) in one statement: a
         compare-and-set from ``path[0]``, each step checked against the table and recorded in the
         history, as that many moves in a row would be (one UPDATE where they cost one each).
@@ -501,7 +519,7 @@ class Tx:
         for frm, to in steps:
             if not can_move(frm, to):
                 raise InvalidTransition(task_id, frm, to)
-        return self._cas(task_id, path[0], path[-1], fields, "", steps) is not None
+        return self._cas(task_id, path[0], path[-1], fields, "", steps, held_by) is not None
 
     def move_returning(self, task_id: int, frm: TaskStatus, to: TaskStatus, *, held_by: str | None = None,
                        **fields: Any) -> dict[str, Any] | None:
@@ -543,8 +561,11 @@ class Tx:
         if held_by is None:
             sql = self.store.update_sql(tuple(fields), True)
             params: tuple[Any, ...] = (*fields.values(), task_id, _TEXT.get(frm, frm))
+        elif held_by is NOBODY:
+            sql = self.store.update_sql(tuple(fields), True, 1, "null")
+            params = (*fields.values(), task_id, _TEXT.get(frm, frm))
         else:
-            sql = self.store.update_sql(tuple(fields), True, 1, True)
+            sql = self.store.update_sql(tuple(fields), True, 1, "eq")
             params = (*fields.values(), task_id, _TEXT.get(frm, frm), held_by)
         if returning:
             found = self._exec(sql + returning, params).fetchone()
@@ -564,13 +585,20 @@ class Tx:
     def update(self, task_id: int, statuses: Collection[TaskStatus], *, held_by: str | None = None,
                **fields: Any) -> bool:
         """Set columns other than the status, only while the task is in one of ``statuses`` (and,
-        with ``held_by``, owned by that node)."""
-        sql = self.store.update_sql(tuple(fields), False, len(statuses), held_by is not None)
+        with ``held_by``, owned by that node, or by none for :data:`NOBODY`)."""
+        mode = "" if held_by is None else "null" if held_by is NOBODY else "eq"
+        sql = self.store.update_sql(tuple(fields), False, len(statuses), mode)
         params = (*fields.values(), task_id, *(st.value for st in statuses))
-        if self._exec(sql, params if held_by is None else (*params, held_by)).rowcount != 1:
+        if self._exec(sql, (*params, held_by) if mode == "eq" else params).rowcount != 1:
             return False
         self.writes += 1
         return True
+
+    def nodes(self) -> set[str]:
+        """The names of the registered nodes, read in this transaction."""
+        s = self.store
+        table, col = s._quote(s.Node._meta.table_name), s._quote(s.Node._meta.fields["node"].column_name)
+        return {name for (name,) in self._exec(f"SELECT {col} FROM {table}").fetchall()}
 
     def delete(self, task_id: int) -> bool:
         """Delete a task's row and its history. Returns False when there was no row."""
@@ -744,8 +772,9 @@ class Store:
         return self._quote(self.Task._meta.fields[name].column_name)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one Store lives as long as its manager
-    def update_sql(self, cols: tuple[str, ...], by_status: bool, n_status: int = 1, by_owner: bool = False) -> str:
-        """The UPDATE of ``cols`` by id and status (one, or ``n_status`` of them), and the owner."""
+    def update_sql(self, cols: tuple[str, ...], by_status: bool, n_status: int = 1, by_owner: str = "") -> str:
+        """The UPDATE of ``cols`` by id and status (one, or ``n_status`` of them), and by the owner:
+        ``by_owner`` is ``""`` (any), ``"eq"`` (a parameter) or ``"null"`` (none)."""
         p = self.db.param
         sets = ", ".join(f"{self._col(c)} = {p}" if c != "history" else
                          f"{self._col(c)} = COALESCE({self._col(c)}, '') || {p}" for c in cols)
@@ -753,7 +782,7 @@ class Store:
         where = f"{self._col('id')} = {p} AND {self._col('status')} "
         where += f"= {p}" if by_status else f"IN ({', '.join([p] * n_status)})"
         if by_owner:
-            where += f" AND {self._col('owner')} = {p}"
+            where += f" AND {self._col('owner')} " + (f"= {p}" if by_owner == "eq" else "IS NULL")
         return f"UPDATE {table} SET {sets} WHERE {where}"
 
     @functools.lru_cache(maxsize=64)  # noqa: B019

@@ -18,7 +18,7 @@ URL = os.environ.get("TASKMGR_TEST_PG")
 pytestmark = [pytest.mark.skipif(not URL, reason="TASKMGR_TEST_PG is not set"), pytest.mark.slow]
 
 from taskmgr import InvalidTransition, TaskContext, TaskManager, TaskStatus, can_move  # noqa: E402
-from taskmgr.store import Store  # noqa: E402
+from taskmgr.store import Store, Tx  # noqa: E402
 from taskmgr.testing import check_history  # noqa: E402
 
 S = TaskStatus
@@ -281,3 +281,134 @@ def test_writes_fenced_by_the_owner_on_postgresql(pg) -> None:
         check_fenced_writes(store)
     finally:
         store.close()
+
+
+def _pause_after(method: str, thread_box: list[threading.Thread], read: threading.Event, go: threading.Event):
+    """Tx.<method> that, on the thread in ``thread_box``, signals ``read`` once and waits for ``go``:
+    the rest of that transaction comes a moment after its read, as another node's commit lands."""
+    real = getattr(Tx, method)
+
+    def paused(self, *args):  # type: ignore[no-untyped-def]
+        out = real(self, *args)
+        if thread_box and threading.current_thread() is thread_box[0] and not read.is_set():
+            read.set()
+            assert go.wait(30)
+        return out
+
+    return real, paused
+
+
+def test_two_nodes_restoring_one_dead_node_never_take_over_each_others_new_run(pg, monkeypatch) -> None:
+    """Both read the dead node's RUNNING task; B restores it and starts it (RUNNING again) before C's
+    transaction writes. C's move used to compare the status alone and took B's run over: the task
+    ran twice and B's outcome was dropped. Every restore write now requires the owner it read
+    (found by review)."""
+    seed = Store(pg)
+    seed.register_node("ghost:1:x", 0)
+    tid = seed.write(lambda tx: tx.insert(dict(graphspace="DEFAULT", graph="g", type="job", name="job",
+                                               callable="m.job", owner="ghost:1:x", ran=1),
+                                          (S.NEW, S.QUEUED, S.RUNNING)))
+    seed.write(lambda tx: seed.Node.update(heartbeat=10**15).execute())  # alive while the nodes start
+    runs: list[int] = []
+    go_run = threading.Event()
+
+    def job(ctx: TaskContext) -> str:
+        runs.append(ctx.task_id)
+        assert go_run.wait(30)
+        return "ok"
+
+    b = TaskManager(_fresh_conn(), poll_interval=0.05, node_timeout=3600)
+    c = TaskManager(_fresh_conn(), poll_interval=0.05, node_timeout=3600)
+    for m in (b, c):
+        m.register("job", job)
+        m.start()
+    try:
+        seed.remove_node("ghost:1:x")  # the ghost dies
+        read, go = threading.Event(), threading.Event()
+        box: list[threading.Thread] = []
+        _real, paused = _pause_after("rows", box, read, go)
+        monkeypatch.setattr(Tx, "rows", paused)
+        box.append(threading.Thread(target=c.restore))
+        box[0].start()
+        assert read.wait(30)
+        b.restore()  # B takes the task over and runs it
+        for _ in range(3000):
+            if tid in b._running:
+                break
+            threading.Event().wait(0.01)
+        go.set()
+        box[0].join(30)
+        assert seed.Task.get_by_id(tid).owner == b.node
+        go_run.set()
+        done = b.wait(tid, 30)
+        assert (done.status, runs) == (S.SUCCESS, [tid])
+    finally:
+        go_run.set()
+        b.shutdown()
+        c.shutdown()
+        seed.close()
+
+
+def test_a_claim_racing_another_nodes_claim_and_hand_back_never_leaves_the_task_queued_unowned(
+    pg, monkeypatch
+) -> None:
+    """C reads an unowned RESTORING task to claim it; B claims it first (QUEUED, owned by B); C's
+    first write comes; B hands the task back at its shutdown (RESTORING, unowned); C's transaction
+    goes on. C's claim used to set the owner and then move the task QUEUED in two statements, the
+    first finding it QUEUED (no change) and the second finding it RESTORING again: the task was
+    left QUEUED with no owner, which no node ever starts (found by review). The claim is now one
+    compare-and-set on the status and owner read, which fails here; the task stays RESTORING,
+    unowned, and the next claim takes it."""
+    from taskmgr.testing import StepExecutor
+
+    idle = TaskManager(pg)
+    ran: list[tuple[str, int]] = []
+    idle.register("job", lambda ctx: None)
+    c = TaskManager(_fresh_conn(), poll_interval=3600)
+    b = TaskManager(_fresh_conn(), poll_interval=3600, executor=StepExecutor())
+    c.register("job", lambda ctx: ran.append(("c", ctx.task_id)))
+    b.register("job", lambda ctx: ran.append(("b", ctx.task_id)))
+    c.start()
+    b.start()
+    steps = {name: threading.Event() for name in ("read", "b_claimed", "wrote", "b_gone")}
+    claimer: list[threading.Thread] = []
+
+    def pausing(method: str, first: str, then: str, when=lambda kw: True):  # type: ignore[no-untyped-def]
+        real = getattr(Tx, method)
+
+        def paused(self, *args, **kw):  # type: ignore[no-untyped-def]
+            out = real(self, *args, **kw)
+            if claimer and threading.current_thread() is claimer[0] and when(kw) and not steps[first].is_set():
+                steps[first].set()
+                assert steps[then].wait(30)
+            return out
+
+        monkeypatch.setattr(Tx, method, paused)
+
+    try:
+        tid = idle.submit("job", delay=3600)
+        idle.resume(tid)  # an idle manager's resume: RESTORING and unowned, for a started node to claim
+        assert idle.get(tid).status is S.RESTORING
+        pausing("row", "read", "b_claimed")
+        for method in ("update", "move"):  # C's first write that takes the task
+            pausing(method, "wrote", "b_gone", lambda kw: kw.get("owner") == c.node)
+        claimer.append(threading.Thread(target=c._claim))
+        claimer[0].start()
+        assert steps["read"].wait(30)
+        b._claim()
+        assert idle.get(tid).status is S.QUEUED
+        steps["b_claimed"].set()
+        assert steps["wrote"].wait(30)
+        b.shutdown()  # hands the task back before running it
+        steps["b_gone"].set()
+        claimer[0].join(30)
+        monkeypatch.undo()
+        c._claim()  # C's next poll
+        assert c.wait(tid, 30).status is S.SUCCESS
+        assert ran == [("c", tid)]
+    finally:
+        for event in steps.values():
+            event.set()
+        b.shutdown()
+        c.shutdown()
+        idle.shutdown()

@@ -659,3 +659,51 @@ def _until(cond) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+def test_a_restore_leaves_alone_a_node_that_registered_after_it_began(db_path: str, monkeypatch) -> None:
+    """C read which nodes were alive when its restore began (over a big backlog, a restore takes
+    many batches); B registered after that, and runs a task of its own. C's restore used to take
+    that task over as a dead node's: the task ran twice and B's outcome was dropped (found by
+    review). Who is registered is now read by each batch, in its transaction."""
+    runs: list[int] = []
+    go = threading.Event()
+
+    def job(ctx: TaskContext) -> str:
+        runs.append(ctx.task_id)
+        assert go.wait(WAIT)
+        return "done"
+
+    c = TaskManager(db_path, poll_interval=0.05)
+    c.register("job", job)
+    reaped, resume = threading.Event(), threading.Event()
+    real_reap = c._store.reap_nodes
+
+    def slow_reap(timeout_ms: int):  # C has read the node table, then is slow for a while
+        out = real_reap(timeout_ms)
+        reaped.set()
+        assert resume.wait(WAIT)
+        return out
+
+    monkeypatch.setattr(c._store, "reap_nodes", slow_reap)
+    starting = threading.Thread(target=c.start)
+    starting.start()
+    b = TaskManager(db_path, poll_interval=0.05)
+    b.register("job", job)
+    try:
+        assert reaped.wait(WAIT)
+        b.start()
+        tid = b.submit("job")
+        _until(lambda: tid in b._running)
+        resume.set()
+        starting.join(WAIT)
+        assert b._store.Task.get_by_id(tid).owner == b.node
+        go.set()
+        done = b.wait(tid, WAIT)
+        assert (done.status, done.retries, runs) == (S.SUCCESS, 0, [tid])
+    finally:
+        resume.set()
+        go.set()
+        starting.join(WAIT)
+        b.shutdown()
+        c.shutdown()
