@@ -1239,7 +1239,10 @@ class TaskManager:
                 self._spec(row["type"])  # refuse rather than turn it UNKNOWN behind the caller's back
             if st is S.UNKNOWN:
                 _decode_input(row)
-            return self._requeue(tx, row, st)
+            # on the status alone: the task is not running, and what may change its owner meanwhile
+            # (a node's hand-back, a restore taking a dead node's PENDING task over) leaves it as
+            # resumable as it was read (with the owner read, resume did nothing and said nothing)
+            return self._requeue(tx, row, st, fenced=False)
 
         if self._store.write(op):
             self._dispatch(task_id)
@@ -1288,6 +1291,8 @@ class TaskManager:
             row = rows.get(tid)
             if row is None or (row["owner"] is not None and row["owner"] in live):
                 continue  # gone, or owned by a registered node
+            if row["owner"] is None and row["type"] not in self._types:
+                continue  # nobody's, and not for this node: a node that registers its type claims it
             st = _damaged_to_unknown(tx, row)
             fence = held(row["owner"])
             if st is S.PENDING:
@@ -1317,7 +1322,7 @@ class TaskManager:
                     queued.append(tid)
         return queued
 
-    def _requeue(self, tx: Tx, row: dict[str, Any], st: TaskStatus, **extra: Any) -> bool:
+    def _requeue(self, tx: Tx, row: dict[str, Any], st: TaskStatus, fenced: bool = True, **extra: Any) -> bool:
         """Bring a task from ``st`` back to QUEUED by the table's paths, and say whether to dispatch it.
 
         QUEUED, PENDING, RUNNING and UNKNOWN go through RESTORING; NEW and
@@ -1326,7 +1331,7 @@ class TaskManager:
         RESTORING, unowned, for a started node to claim.
         """
         tid = row["id"]
-        fence = held(row["owner"])  # every write requires the owner read with the row
+        fence = held(row["owner"]) if fenced else None  # every write requires the owner read with the row
         fields: dict[str, Any] = {"run_at": None, **extra}
         if row["ran"]:
             fields.update(retries=row["retries"] + 1, ran=0)
@@ -1394,6 +1399,14 @@ class TaskManager:
             progress=row["progress"],
         )
         with self._cancel_lock:
+            if task_id in self._running:
+                # An earlier run of this task is still going here: this node was taken for dead, the
+                # task taken over and handed back, and the node claimed it again. Both runs would
+                # write as this node: one run at a time, and the earlier run's outcome is recorded.
+                log.warning("task %d is already running on this node (%s), from before it was taken for dead: "
+                            "not starting it a second time; the running call's outcome will be recorded",
+                            task_id, self.node)
+                return
             self._running[task_id] = ctx
             if self._early_cancels and task_id in self._early_cancels:
                 self._early_cancels.discard(task_id)
@@ -1545,7 +1558,8 @@ class TaskManager:
             ids = self._store.ids_where(
                 T.status == SQL(f"'{S.PENDING.value}'"),  # a literal: the partial index's condition
                 T.run_at <= now,
-                (T.owner == self.node) | T.owner.is_null(),
+                # its own, or nobody's of a type registered here (another node's type would go UNKNOWN)
+                (T.owner == self.node) | (T.owner.is_null() & T.type.in_(list(self._types))),
                 limit=500,
                 order_by=T.run_at,
             )
@@ -1555,7 +1569,7 @@ class TaskManager:
             def op(tx: Tx, ids: _List[int] = ids) -> _List[int]:
                 out = []
                 for tid in ids:
-                    row = tx.row(tid)
+                    row = tx.row(tid, lock=True)  # a suspend (run_at cleared, still PENDING) waits for this
                     if row and row["status"] == S.PENDING.value and row["run_at"] is not None and row["run_at"] <= now:
                         if self._requeue(tx, row, S.PENDING):
                             out.append(tid)

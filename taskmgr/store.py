@@ -416,9 +416,14 @@ class Tx:
         self._cursor.execute(sql, params)
         return self._cursor
 
-    def row(self, task_id: int) -> dict[str, Any] | None:
-        """The stored row as a dict (``status`` left as stored text), or ``None``."""
-        found = self._exec(self.store._row_sql, (task_id,)).fetchone()
+    def row(self, task_id: int, *, lock: bool = False) -> dict[str, Any] | None:
+        """The stored row as a dict (``status`` left as stored text), or ``None``.
+
+        ``lock``: hold the row until the commit (``SELECT ... FOR UPDATE``), for a decision on
+        columns that the moves' compare-and-set does not check; SQLite's write lock already holds
+        everything (its transaction is the only writer)."""
+        sql = self.store._row_sql if not lock or self.store.is_sqlite else self.store._row_sql + " FOR UPDATE"
+        found = self._exec(sql, (task_id,)).fetchone()
         return None if found is None else dict(zip(self.store._row_names, found))
 
     def rows(self, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -412,3 +412,90 @@ def test_a_claim_racing_another_nodes_claim_and_hand_back_never_leaves_the_task_
         b.shutdown()
         c.shutdown()
         idle.shutdown()
+
+
+@pytest.mark.parametrize("resumer_started", [False, True])
+def test_a_resume_racing_the_owners_hand_back_still_resumes(pg, monkeypatch, resumer_started: bool) -> None:
+    """The resume read the suspended task owned by node a; a's shutdown handed it back (owner
+    cleared, status unchanged) before the resume's move. A move that required the owner read
+    changed nothing and resume() returned as if it had worked, the task suspended for good
+    (found by review). A resume compares the status alone: the task still was resumable."""
+    a = TaskManager(pg, poll_interval=0.05)
+    a.register("echo", lambda ctx: ctx.input)
+    a.start()
+    b = TaskManager(_fresh_conn(), poll_interval=0.05)
+    b.register("echo", lambda ctx: ctx.input)
+    if resumer_started:
+        b.start()
+    try:
+        tid = a.submit("echo", 1, delay=3600)
+        a.suspend(tid)  # PENDING, no run_at, owned by a
+        real = Tx.require
+
+        def then_hand_back(self, task_id, *args):  # type: ignore[no-untyped-def]
+            row = real(self, task_id, *args)
+            if task_id == tid and not a._stopped_or_stopping():
+                a.shutdown()  # commits on its own connection: owner NULL, still PENDING
+            return row
+
+        monkeypatch.setattr(Tx, "require", then_hand_back)
+        b.resume(tid)
+        monkeypatch.undo()
+        if resumer_started:
+            assert b.wait(tid, 30).status is S.SUCCESS
+        else:
+            assert b.get(tid).status is S.RESTORING  # for a started node to claim
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_a_suspend_during_a_wake_up_either_holds_the_task_or_says_it_could_not(pg, monkeypatch) -> None:
+    """The wake-up read a due PENDING task; a suspend (run_at cleared, status unchanged) then
+    committed and reported success; the wake-up's move, on the status and owner alone, ran the
+    task anyway (found by review). The wake-up now reads the row FOR UPDATE: the suspend waits
+    for it, then finds the task QUEUED and refuses."""
+    ran: list[int] = []
+    a = TaskManager(pg, poll_interval=3600)
+    a.register("echo", lambda ctx: ran.append(ctx.task_id))
+    a.start()
+    operator = TaskManager(_fresh_conn())
+    outcome: list[object] = []
+    try:
+        operator.register("echo", lambda ctx: None)
+        tid = operator.submit("echo", delay=0.001)  # nobody's, PENDING: only a's wake-up below takes it
+        threading.Event().wait(0.01)  # due
+        real = Tx.row
+
+        def then_suspend(self, task_id, **kw):  # type: ignore[no-untyped-def]
+            row = real(self, task_id, **kw)
+            if task_id == tid and not outcome and threading.current_thread() is waker:
+                def suspend() -> None:
+                    try:
+                        operator.suspend(tid)
+                        outcome.append("suspended")
+                    except Exception as exc:  # noqa: BLE001 - checked below
+                        outcome.append(exc)
+
+                caller = threading.Thread(target=suspend)
+                caller.start()
+                caller.join(0.5)  # blocked on the row while the wake-up holds it (or done, unlocked)
+                outcome.append(caller)
+            return row
+
+        waker = threading.current_thread()
+        monkeypatch.setattr(Tx, "row", then_suspend)
+        a._wake_due()
+        monkeypatch.undo()
+        caller = next(x for x in outcome if isinstance(x, threading.Thread))
+        caller.join(30)
+        said = [x for x in outcome if not isinstance(x, threading.Thread)]
+        print("SAID", said, a.get(tid).status, ran, a.history(tid))
+        task = a.wait(tid, 30) if said != ["suspended"] else a.get(tid)
+        if said == ["suspended"]:
+            assert task.status is S.PENDING and not ran, "suspend() said it held the task, and it ran"
+        else:
+            assert isinstance(said[0], InvalidTransition) and task.status is S.SUCCESS and ran == [tid]
+    finally:
+        a.shutdown()
+        operator.shutdown()

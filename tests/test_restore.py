@@ -9,6 +9,7 @@ import pytest
 
 from conftest import WAIT, Gates, register_test_types
 from taskmgr import TaskContext, TaskManager, TaskStatus, UnknownTaskType, can_move
+from taskmgr.testing import StepExecutor
 
 S = TaskStatus
 
@@ -707,3 +708,61 @@ def test_a_restore_leaves_alone_a_node_that_registered_after_it_began(db_path: s
         starting.join(WAIT)
         b.shutdown()
         c.shutdown()
+
+
+def test_a_node_that_claims_back_a_task_it_still_runs_does_not_run_it_twice(db_path: str, caplog) -> None:
+    """Node x was taken for dead while its callable ran; node a took the task over and handed it
+    back at its shutdown; x, alive after all, claims it again. A second run on x would write as x,
+    passing the owner fence: the first run's outcome landed on the second run, whose own was then
+    dropped (found by review). x now runs a task once at a time; the first run's outcome counts."""
+    runs: list[int] = []
+    go = threading.Event()
+
+    def job(ctx: TaskContext) -> str:
+        runs.append(ctx.task_id)
+        assert go.wait(WAIT)
+        return f"run {len(runs)}"
+
+    x = TaskManager(db_path, poll_interval=0.05, node_timeout=3600, workers=2)  # no heartbeat in the test's time
+    x.register("job", job)
+    with x:
+        tid = x.submit("job")
+        _until(lambda: runs == [tid])
+        N = x._store.Node
+        N.delete().where(N.node == x.node).execute()  # what a node that found x dead does
+        a = TaskManager(db_path, executor=StepExecutor())
+        a.register("job", job)
+        a.start()  # takes the task over (x is not registered) ...
+        assert a._store.Task.get_by_id(tid).owner == a.node
+        a.shutdown()  # ... and hands it back: RESTORING, nobody's, for x's next poll to claim
+        _until(lambda: "already running on this node" in caplog.text)
+        assert x.get(tid).status is S.RUNNING
+        go.set()
+        done = x.wait(tid, WAIT)
+    assert (done.status, done.result_value, runs) == (S.SUCCESS, "run 1", [tid])
+
+
+def test_a_node_leaves_alone_the_unowned_tasks_of_types_it_does_not_register(db_path: str) -> None:
+    """An idle client's tasks of node b's type, NEW or delayed (PENDING), belong to no node until
+    b claims them. Node a, which does not know the type, used to restore them at its start (or
+    wake the delayed one) and mark them UNKNOWN, where b never looked (found by review)."""
+    b = TaskManager(db_path, poll_interval=3600)  # claims and wake-ups by hand below
+    b.register("b", lambda ctx: "b")
+    client = TaskManager(db_path)
+    client.register("b", lambda ctx: "b")
+    a = TaskManager(db_path, poll_interval=3600)
+    a.register("a", lambda ctx: "a")
+    b.start()
+    try:
+        new = client.submit("b")
+        delayed = client.submit("b", delay=0.001)
+        time.sleep(0.01)  # the delay is over
+        a.start()  # its restore
+        a._wake_due()  # and its wake-up of due PENDING tasks
+        assert (client.get(new).status, client.get(delayed).status) == (S.NEW, S.PENDING)
+        b._claim()
+        b._wake_due()
+        assert [t.status for t in b.wait_many([new, delayed], WAIT)] == [S.SUCCESS, S.SUCCESS]
+    finally:
+        a.shutdown()
+        b.shutdown()
