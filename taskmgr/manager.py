@@ -85,7 +85,19 @@ node's writes change nothing, and its outcome is dropped with a warning
 that names the task and its new owner; its next heartbeat registers it
 again (see :meth:`TaskManager._heartbeat`). The task ran twice, as
 at-least-once execution allows, and records the run of the node that owns
-it.
+it. Should the task come back to the late node while its first run still
+goes on (taken over, handed back, claimed again), the node does not start
+it a second time: its two runs would write under one name, and the first
+run's outcome is the one recorded.
+
+The same rule holds for taking tasks over: a restore, a claim and a
+wake-up write a task only while it still has the owner (or no owner) they
+read it with, and a restore reads which nodes are registered in each
+batch's transaction, so a node that registered while a long restore went
+on is not taken for dead. Under SQLite one writer at a time makes this
+hold by itself; on PostgreSQL (read committed) another node's commit can
+land between a read and a write, and the owner in the compare-and-set is
+what keeps each take-over to the state it was decided on.
 
 Restore
 =======
