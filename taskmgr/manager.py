@@ -1285,6 +1285,9 @@ class TaskManager:
             touched += len(ids)
             for tid in queued:
                 self._dispatch(tid)
+            # a restore over a big backlog outlasts a heartbeat's interval (start() restores before its
+            # poll begins): silent for node_timeout, this node would be taken for dead while it works
+            self._heartbeat(take_over=False)
         if touched:
             log.info("restored %d task(s) left by stopped nodes", touched)
         return touched

@@ -766,3 +766,33 @@ def test_a_node_leaves_alone_the_unowned_tasks_of_types_it_does_not_register(db_
     finally:
         a.shutdown()
         b.shutdown()
+
+
+def test_a_node_heartbeats_while_a_long_restore_runs(db_path: str, gates: Gates, monkeypatch) -> None:
+    """start() restores before its poll begins: a restore over a big backlog that outlasted
+    node_timeout left the node silent that long, to be taken for dead during its own start
+    (found by review). It now heartbeats between batches."""
+    ids = _leave_behind(db_path, gates, [S.QUEUED] * 2500)  # three batches of restore
+    m = TaskManager(db_path, poll_interval=3600, node_timeout=0.3)  # a heartbeat due every 0.1 s
+    register_test_types(m, gates)
+    beats: list[float] = []
+    real_beat, real_batch = m._store.heartbeat, m._restore_batch
+
+    def beat(node: str) -> bool:
+        beats.append(time.monotonic())
+        return real_beat(node)
+
+    def slow_batch(tx, *args):  # type: ignore[no-untyped-def]
+        time.sleep(0.15)  # a batch slower than the heartbeat's interval
+        return real_batch(tx, *args)
+
+    monkeypatch.setattr(m._store, "heartbeat", beat)
+    monkeypatch.setattr(m, "_restore_batch", slow_batch)
+    began = time.monotonic()
+    m.start()
+    try:
+        took = time.monotonic() - began
+        assert len(beats) >= 2, f"{len(beats)} heartbeat(s) in a restore of {took:.2f} s"
+        assert [t.status for t in m.wait_many(ids, WAIT)] == [S.SUCCESS] * len(ids)
+    finally:
+        m.shutdown()
