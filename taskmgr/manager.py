@@ -1584,7 +1584,8 @@ class TaskManager:
             def op(tx: Tx, ids: _List[int] = ids) -> _List[int]:
                 out = []
                 for tid in ids:
-                    row = tx.row(tid, lock=True)  # a suspend (run_at cleared, still PENDING) waits for this
+                    # a suspend (run_at cleared, still PENDING) waits for this; one under way is left to finish
+                    row = tx.row(tid, lock=True)
                     if row and row["status"] == S.PENDING.value and row["run_at"] is not None and row["run_at"] <= now:
                         if self._requeue(tx, row, S.PENDING):
                             out.append(tid)

@@ -419,10 +419,14 @@ class Tx:
     def row(self, task_id: int, *, lock: bool = False) -> dict[str, Any] | None:
         """The stored row as a dict (``status`` left as stored text), or ``None``.
 
-        ``lock``: hold the row until the commit (``SELECT ... FOR UPDATE``), for a decision on
-        columns that the moves' compare-and-set does not check; SQLite's write lock already holds
-        everything (its transaction is the only writer)."""
-        sql = self.store._row_sql if not lock or self.store.is_sqlite else self.store._row_sql + " FOR UPDATE"
+        ``lock``: hold the row until the commit, for a decision on columns that the moves'
+        compare-and-set does not check, or read ``None`` when another transaction holds it
+        (``SELECT ... FOR UPDATE SKIP LOCKED``: a row being changed is left to that change, and
+        waiting for it could close a cycle of locks with another node's batch). SQLite's write
+        lock already holds everything: its transaction is the only writer."""
+        sql = self.store._row_sql
+        if lock and not self.store.is_sqlite:
+            sql += " FOR UPDATE SKIP LOCKED"
         found = self._exec(sql, (task_id,)).fetchone()
         return None if found is None else dict(zip(self.store._row_names, found))
 
@@ -1337,12 +1341,20 @@ class Store:
                 except _Unguarded:
                     continue  # the guilty operation now has its savepoint
                 except peewee.OperationalError as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
+                    # PostgreSQL aborts one transaction of a cycle of row locks ("deadlock detected"):
+                    # run again, it usually goes through
+                    deadlock = "deadlock detected" in str(exc)
+                    if deadlock or "locked" in str(exc) or "busy" in str(exc):
                         attempt += 1
                         if attempt <= self.LOCK_RETRIES:
-                            log.warning("task store locked, retrying (%d/%d)", attempt, self.LOCK_RETRIES)
+                            log.warning("task store %s, retrying (%d/%d)",
+                                        "deadlocked with another transaction" if deadlock else "locked",
+                                        attempt, self.LOCK_RETRIES)
                             continue
                         err = StoreError(
+                            f"the task database aborted the write as a deadlock {self.LOCK_RETRIES + 1} times "
+                            "in a row (row locks taken in opposite orders by another node); nothing was written"
+                            if deadlock else
                             "the task database stayed locked: another connection held the write lock "
                             f"through {self.LOCK_RETRIES + 1} busy timeouts; nothing was written"
                         )

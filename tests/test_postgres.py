@@ -499,3 +499,66 @@ def test_a_suspend_during_a_wake_up_either_holds_the_task_or_says_it_could_not(p
     finally:
         a.shutdown()
         operator.shutdown()
+
+
+def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg, monkeypatch) -> None:
+    """Node a's wake-up read two due tasks: x (its own, locked first) and p (nobody's). Node b
+    meanwhile woke p, and its next batch starts p (p locked) and cancels x (waiting for a's lock on
+    x). Were a's wake-up to wait for p's lock, the two would wait for each other until PostgreSQL
+    aborted one (found by review). It skips a row another transaction holds: no deadlock."""
+    from taskmgr import manager as manager_module
+
+    a = TaskManager(pg, poll_interval=3600)
+    b = TaskManager(_fresh_conn(), poll_interval=3600)
+    client = TaskManager(_fresh_conn())
+    for m in (a, b, client):
+        m.register("t", lambda ctx: None)
+    a.start()
+    b.start()
+    try:
+        monkeypatch.setattr(b, "_dispatch", lambda tid: None)  # b's start of p comes in the batch below
+        monkeypatch.setattr(a._executor, "call_at", lambda *args, **kw: None)  # a's wake-up: the one below
+        x = a.submit("t", delay=0.05)  # a's own, due first
+        p = client.submit("t", delay=0.1)  # nobody's, due second
+        threading.Event().wait(0.3)
+        deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        before = pg.execute_sql(deadlocks).fetchone()[0]
+
+        def b_batch(tx: Tx) -> None:
+            assert manager_module._op_start(tx, b.node, p) is not None  # QUEUED -> RUNNING: p locked
+            tx.move(x, S.PENDING, S.CANCELLED, run_at=None)  # an operator's cancel of x: waits for a
+
+        outcome: list[object] = []
+
+        def node_b() -> None:
+            b._wake_due()  # p: QUEUED, b's (committed)
+            try:
+                b._store.write(b_batch)
+                outcome.append("ok")
+            except Exception as exc:  # noqa: BLE001 - checked below
+                outcome.append(exc)
+
+        real = Tx.row
+        waker = threading.current_thread()
+        other: list[threading.Thread] = []
+
+        def then_node_b(self, task_id, **kw):  # type: ignore[no-untyped-def]
+            if task_id == p and not other and threading.current_thread() is waker:
+                other.append(threading.Thread(target=node_b))
+                other[0].start()
+                other[0].join(0.5)  # b's batch now holds p and waits for x
+            return real(self, task_id, **kw)
+
+        monkeypatch.setattr(Tx, "row", then_node_b)
+        a._wake_due()
+        monkeypatch.undo()
+        other[0].join(30)
+        assert outcome == ["ok"]
+        assert pg.execute_sql(deadlocks).fetchone()[0] == before
+        # a's wake-up went through (x runs on a; the raw move of the cancel above found it QUEUED), and
+        # b's start of p too
+        assert (a.wait(x, 30).status, a.get(p).status) == (S.SUCCESS, S.RUNNING)
+    finally:
+        a.shutdown(wait=False)
+        b.shutdown(wait=False)
+        client.shutdown()
