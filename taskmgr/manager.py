@@ -1374,11 +1374,13 @@ class TaskManager:
 
     @staticmethod
     def _mark_unknown(tx: Tx, row: dict[str, Any], st: TaskStatus, why: str) -> bool:
+        """UNKNOWN, with the reason, and nobody's: no node runs it, and the next node to start
+        that knows its type restores it (owned by a node that lives on, it would wait for resume())."""
         fence = held(row["owner"])
         if st is not S.UNKNOWN:
-            tx.move(row["id"], st, S.UNKNOWN, held_by=fence, result=why)
+            tx.move(row["id"], st, S.UNKNOWN, held_by=fence, owner=None, result=why)
         else:
-            tx.update(row["id"], (S.UNKNOWN,), held_by=fence, result=why)
+            tx.update(row["id"], (S.UNKNOWN,), held_by=fence, owner=None, result=why)
         return False
 
     # ----------------------------------------------------------- execution

@@ -796,3 +796,20 @@ def test_a_node_heartbeats_while_a_long_restore_runs(db_path: str, gates: Gates,
         assert [t.status for t in m.wait_many(ids, WAIT)] == [S.SUCCESS] * len(ids)
     finally:
         m.shutdown()
+
+
+def test_a_task_marked_unknown_for_its_type_is_restored_by_the_next_node_that_knows_it(db_path: str,
+                                                                                     gates: Gates) -> None:
+    """A dead node's delayed task of type 'echo' is taken over by node a, which does not know the
+    type; when it falls due, a marks it UNKNOWN. It stayed owned by a, so while a lived no node that
+    starts knowing the type restored it (found by review). An UNKNOWN task is now nobody's."""
+    (tid,) = _leave_behind(db_path, gates, [S.PENDING], run_at=1)  # long due
+    a = TaskManager(db_path, poll_interval=0.05)
+    a.register("other", lambda ctx: 0)
+    with a:
+        _until(lambda: a.get(tid).status is S.UNKNOWN)
+        assert a._store.Task.get_by_id(tid).owner is None
+        b = TaskManager(db_path, poll_interval=0.05)
+        register_test_types(b, gates)
+        with b:
+            assert b.wait(tid, WAIT).status is S.SUCCESS
