@@ -407,6 +407,11 @@ class TaskManager:
     #: a stream of no-op tasks at NORMAL: 4 tries started three in four of them; 16 tries, more
     #: of them but no more tasks per second
     START_TRIES = 4
+    #: due PENDING tasks one wake-up transaction takes
+    WAKE_BATCH = 500
+    #: seconds after which a wake-up looks again at due tasks it found held by another transaction
+    #: (PostgreSQL; see _wake_due), rather than at the next poll
+    WAKE_RETRY = 0.05
 
     def __init__(
         self,
@@ -1351,10 +1356,14 @@ class TaskManager:
         if row["ran"]:
             fields.update(retries=row["retries"] + 1, ran=0)
         if self.running:
+            # marked UNKNOWN, it keeps what this restore counted (an interrupted run's restores and
+            # retries): max_restores must hold through UNKNOWN too, or a task that kills its process
+            # would crash-loop between nodes that know its type and nodes that do not
             if row["type"] not in self._types:
-                return self._mark_unknown(tx, row, st, _unregistered_text(row["type"]))
+                return self._mark_unknown(tx, row, st, _unregistered_text(row["type"]), **fields)
             if _decode_input_or_none(row) is _BAD:
-                return self._mark_unknown(tx, row, st, "InvalidInput: the stored task_input is not valid JSON")
+                return self._mark_unknown(tx, row, st, "InvalidInput: the stored task_input is not valid JSON",
+                                          **fields)
         owner = self.node if self.running else None
         if st is S.SCHEDULING:
             if not tx.move(tid, st, S.NEW, held_by=fence):
@@ -1373,14 +1382,14 @@ class TaskManager:
         return False
 
     @staticmethod
-    def _mark_unknown(tx: Tx, row: dict[str, Any], st: TaskStatus, why: str) -> bool:
+    def _mark_unknown(tx: Tx, row: dict[str, Any], st: TaskStatus, why: str, **fields: Any) -> bool:
         """UNKNOWN, with the reason, and nobody's: no node runs it, and the next node to start
         that knows its type restores it (owned by a node that lives on, it would wait for resume())."""
         fence = held(row["owner"])
         if st is not S.UNKNOWN:
-            tx.move(row["id"], st, S.UNKNOWN, held_by=fence, owner=None, result=why)
+            tx.move(row["id"], st, S.UNKNOWN, held_by=fence, **{**fields, "owner": None, "result": why})
         else:
-            tx.update(row["id"], (S.UNKNOWN,), held_by=fence, owner=None, result=why)
+            tx.update(row["id"], (S.UNKNOWN,), held_by=fence, **{**fields, "owner": None, "result": why})
         return False
 
     # ----------------------------------------------------------- execution
@@ -1577,25 +1586,33 @@ class TaskManager:
                 T.run_at <= now,
                 # its own, or nobody's of a type registered here (another node's type would go UNKNOWN)
                 (T.owner == self.node) | (T.owner.is_null() & T.type.in_(list(self._types))),
-                limit=500,
+                limit=self.WAKE_BATCH,
                 order_by=T.run_at,
             )
             if not ids:
                 return
 
-            def op(tx: Tx, ids: _List[int] = ids) -> _List[int]:
-                out = []
+            def op(tx: Tx, ids: _List[int] = ids) -> tuple[_List[int], bool]:
+                """The tasks woken, and whether a due one was held by another transaction."""
+                out, held_elsewhere = [], False
                 for tid in ids:
-                    # a suspend (run_at cleared, still PENDING) waits for this; one under way is left to finish
+                    # a suspend (run_at cleared, still PENDING) waits for this; a row another transaction
+                    # holds (PostgreSQL) is skipped: waiting for it could close a cycle of locks
                     row = tx.row(tid, lock=True)
-                    if row and row["status"] == S.PENDING.value and row["run_at"] is not None and row["run_at"] <= now:
+                    if row is None:
+                        held_elsewhere = held_elsewhere or tx.row(tid) is not None  # or deleted
+                    elif row["status"] == S.PENDING.value and row["run_at"] is not None and row["run_at"] <= now:
                         if self._requeue(tx, row, S.PENDING):
                             out.append(tid)
-                return out
+                return out, held_elsewhere
 
-            for tid in self._store.write(op):
+            woken, held_elsewhere = self._store.write(op)
+            for tid in woken:
                 self._dispatch(tid)
-            if len(ids) < 500:
+            if held_elsewhere:  # look again soon (not at the next poll), and not at once: no spinning on it
+                self._executor.call_at(self.clock() + self.WAKE_RETRY, self._wake_due)
+                return
+            if len(ids) < self.WAKE_BATCH:
                 return
 
     def _claim(self) -> None:

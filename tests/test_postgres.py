@@ -562,3 +562,35 @@ def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg
         a.shutdown(wait=False)
         b.shutdown(wait=False)
         client.shutdown()
+
+
+def test_a_due_task_held_by_another_transaction_is_woken_soon_after_without_spinning(pg, monkeypatch) -> None:
+    """The wake-up skips a due row another transaction holds (SKIP LOCKED). It used to leave it to
+    the next poll (seconds later), and with a full page of held rows to read the same page again at
+    once, over and over, while they were held (found by review). It now looks again a moment later."""
+    import psycopg2
+
+    a = TaskManager(pg, poll_interval=3600)  # no poll in the test's time: only the wake-ups below
+    a.register("t", lambda ctx: "ran")
+    monkeypatch.setattr(a, "WAKE_BATCH", 1)  # one held row fills a page
+    monkeypatch.setattr(a._executor, "call_at", lambda when, fn: retries.append((when, fn)))
+    retries: list[tuple[float, object]] = []
+    a.start()
+    holder = psycopg2.connect(URL)
+    try:
+        tid = a.submit("t", delay=0.001)
+        threading.Event().wait(0.01)  # due
+        retries.clear()  # the submit's own timed wake-up
+        holder.cursor().execute("SELECT id FROM taskmgr_task WHERE id = %s FOR UPDATE", (tid,))
+        waker = threading.Thread(target=a._wake_due)
+        waker.start()
+        waker.join(10)
+        assert not waker.is_alive(), "the wake-up kept reading the rows it cannot take"
+        assert a.get(tid).status is S.PENDING
+        assert len(retries) == 1 and retries[0][1] == a._wake_due
+        holder.rollback()  # the other transaction ends without changing the row
+        a._wake_due()  # the retry, when it comes
+        assert a.wait(tid, 30).result_value == "ran"
+    finally:
+        holder.close()
+        a.shutdown()

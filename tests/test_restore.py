@@ -813,3 +813,25 @@ def test_a_task_marked_unknown_for_its_type_is_restored_by_the_next_node_that_kn
         register_test_types(b, gates)
         with b:
             assert b.wait(tid, WAIT).status is S.SUCCESS
+
+
+def test_max_restores_holds_for_a_task_that_went_unknown_on_the_way(db_path: str, gates: Gates) -> None:
+    """A task interrupted while running, restored by a node that does not know its type, goes
+    UNKNOWN; that restore counted nothing, so a task that kills its process every time went round
+    and round between nodes that knew its type and nodes that did not (found by review). The
+    interruption now counts however the task is restored."""
+    (tid,) = _leave_behind(db_path, gates, [S.RUNNING])
+    T = None
+    a = TaskManager(db_path, max_restores=1)
+    a.register("other", lambda ctx: 0)
+    with a:
+        T = a._store.Task
+        row = T.get_by_id(tid)
+        assert (row.status, row.restores, row.retries) == ("unknown", 1, 1)
+    T.update(status=S.RUNNING.value, owner="gone-host:2:dead", ran=1).where(T.id == tid).execute()  # crashed again
+    b = TaskManager(db_path, max_restores=1)
+    register_test_types(b, gates)
+    with b:
+        task = b.get(tid)
+    assert task.status is S.FAILED and task.result.startswith("RestoreLimit:")
+    assert tid not in gates.ran
