@@ -71,7 +71,10 @@ batch.
 *Every status change is a compare-and-set.* :meth:`Tx.move` issues
 ``UPDATE ... SET status=:to WHERE id=:id AND status=:from`` and reports
 whether a row changed; it refuses outright a move the transition table does
-not allow.
+not allow. With ``held_by`` it also requires the owner (``AND owner=:node``,
+or ``owner IS NULL`` for :data:`NOBODY`): the manager's writes for a run,
+and its take-overs, are fenced by the owner they expect (see "Fenced by the
+owner" in :mod:`taskmgr.manager`).
 
 *The history is in the row.* Every change (from, to, time) is appended to
 the task's own ``history`` column by the statement that makes it, so the two
