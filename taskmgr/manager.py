@@ -493,6 +493,10 @@ class TaskManager:
         self._watchers: dict[object, _List[int]] = {}  # one per wait_many(): the ids each commit finished
         self._last_heartbeat = 0.0
         self._left_unowned = 0  # tasks submitted during the shutdown, written unowned
+        # a wake-up's look again at due tasks held by another transaction: one at a time, backing off
+        self._wake_retry_lock = threading.Lock()
+        self._wake_retry_pending = False
+        self._wake_retry_delay = self.WAKE_RETRY
         self._pid = os.getpid()  # the process that started it: the only one its exit hook shuts it down in
 
     # ------------------------------------------------------------ registry
@@ -1610,10 +1614,32 @@ class TaskManager:
             for tid in woken:
                 self._dispatch(tid)
             if held_elsewhere:  # look again soon (not at the next poll), and not at once: no spinning on it
-                self._executor.call_at(self.clock() + self.WAKE_RETRY, self._wake_due)
+                self._retry_wake()
                 return
+            self._wake_retry_delay = self.WAKE_RETRY
             if len(ids) < self.WAKE_BATCH:
                 return
+
+    def _retry_wake(self) -> None:
+        """Have :meth:`_wake_due` look again a moment from now: one such call at a time (every poll
+        and timed wake-up that finds the rows still held would start one more), its delay doubling
+        from :attr:`WAKE_RETRY` up to ``poll_interval`` while the rows stay held."""
+        with self._wake_retry_lock:
+            if self._wake_retry_pending:
+                return
+            self._wake_retry_pending = True
+            delay = self._wake_retry_delay
+            self._wake_retry_delay = min(delay * 2, self.poll_interval)
+        # the pool runs timed calls by the real time, and a late one at once: from a clock behind
+        # it (a test's), the retry would come due at once, again and again
+        now = time.time() if isinstance(self._executor, PoolExecutor) else self.clock()
+
+        def retry() -> None:
+            with self._wake_retry_lock:
+                self._wake_retry_pending = False
+            self._wake_due()
+
+        self._executor.call_at(now + delay, retry)
 
     def _claim(self) -> None:
         """Take unowned NEW or RESTORING tasks of registered types (submitted by idle managers)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -567,30 +569,38 @@ def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg
 def test_a_due_task_held_by_another_transaction_is_woken_soon_after_without_spinning(pg, monkeypatch) -> None:
     """The wake-up skips a due row another transaction holds (SKIP LOCKED). It used to leave it to
     the next poll (seconds later), and with a full page of held rows to read the same page again at
-    once, over and over, while they were held (found by review). It now looks again a moment later."""
+    once, over and over, while they were held (found by review). It now looks again a moment later:
+    one such look at a time (every poll that finds the row held started one more, a review of that
+    fix found: hundreds of wake-ups a second), backing off while the row stays held."""
     import psycopg2
 
     a = TaskManager(pg, poll_interval=3600)  # no poll in the test's time: only the wake-ups below
     a.register("t", lambda ctx: "ran")
     monkeypatch.setattr(a, "WAKE_BATCH", 1)  # one held row fills a page
-    monkeypatch.setattr(a._executor, "call_at", lambda when, fn: retries.append((when, fn)))
-    retries: list[tuple[float, object]] = []
+    timed: list[tuple[float, Callable[[], None]]] = []
     a.start()
+    monkeypatch.setattr(a._executor, "call_at", lambda when, fn: timed.append((when, fn)))
     holder = psycopg2.connect(URL)
     try:
         tid = a.submit("t", delay=0.001)
         threading.Event().wait(0.01)  # due
-        retries.clear()  # the submit's own timed wake-up
+        timed.clear()  # the submit's own timed wake-up
         holder.cursor().execute("SELECT id FROM taskmgr_task WHERE id = %s FOR UPDATE", (tid,))
-        waker = threading.Thread(target=a._wake_due)
-        waker.start()
-        waker.join(10)
-        assert not waker.is_alive(), "the wake-up kept reading the rows it cannot take"
+        for _ in range(3):  # polls and timed wake-ups that find the row held
+            waker = threading.Thread(target=a._wake_due)
+            waker.start()
+            waker.join(10)
+            assert not waker.is_alive(), "the wake-up kept reading the rows it cannot take"
         assert a.get(tid).status is S.PENDING
-        assert len(retries) == 1 and retries[0][1] == a._wake_due
+        assert len(timed) == 1, "one look again at a time"
+        (first, retry), now = timed.pop(), time.time()
+        assert first <= now + a.WAKE_RETRY
+        retry()  # still held: one more, twice as far off
+        assert len(timed) == 1 and timed[0][0] >= now + 2 * a.WAKE_RETRY
         holder.rollback()  # the other transaction ends without changing the row
-        a._wake_due()  # the retry, when it comes
+        timed.pop()[1]()
         assert a.wait(tid, 30).result_value == "ran"
+        assert timed == [] and a._wake_retry_delay == a.WAKE_RETRY
     finally:
         holder.close()
         a.shutdown()
