@@ -165,7 +165,7 @@ from .errors import (
     UnknownTaskType,
     WaitTimeout,
 )
-from .executor import Executor, InlineExecutor, PoolExecutor
+from .executor import Executor, InlineExecutor, ManualTimer, PoolExecutor
 from .status import NOT_STARTED, PREDECESSORS, TERMINAL, TaskStatus
 from .store import NOBODY, Store, Tx, held, now_ms
 from .task import Task, TaskPage, Transition
@@ -1594,6 +1594,7 @@ class TaskManager:
                 order_by=T.run_at,
             )
             if not ids:
+                self._wake_held_no_more()
                 return
 
             def op(tx: Tx, ids: _List[int] = ids) -> tuple[_List[int], bool]:
@@ -1616,9 +1617,14 @@ class TaskManager:
             if held_elsewhere:  # look again soon (not at the next poll), and not at once: no spinning on it
                 self._retry_wake()
                 return
-            self._wake_retry_delay = self.WAKE_RETRY
+            self._wake_held_no_more()
             if len(ids) < self.WAKE_BATCH:
                 return
+
+    def _wake_held_no_more(self) -> None:
+        """A wake-up found no due task held elsewhere: the next retry waits the least again."""
+        with self._wake_retry_lock:
+            self._wake_retry_delay = self.WAKE_RETRY
 
     def _retry_wake(self) -> None:
         """Have :meth:`_wake_due` look again a moment from now: one such call at a time (every poll
@@ -1630,16 +1636,22 @@ class TaskManager:
             self._wake_retry_pending = True
             delay = self._wake_retry_delay
             self._wake_retry_delay = min(delay * 2, self.poll_interval)
-        # the pool runs timed calls by the real time, and a late one at once: from a clock behind
-        # it (a test's), the retry would come due at once, again and again
-        now = time.time() if isinstance(self._executor, PoolExecutor) else self.clock()
+        # the test executors (ManualTimer) run timed calls by the manager's clock; the others by the
+        # real time, and a late call at once: from a clock behind it (a test's) the retry would come
+        # due at once, again and again
+        now = self.clock() if isinstance(self._executor, ManualTimer) else time.time()
 
         def retry() -> None:
             with self._wake_retry_lock:
                 self._wake_retry_pending = False
             self._wake_due()
 
-        self._executor.call_at(now + delay, retry)
+        try:
+            self._executor.call_at(now + delay, retry)
+        except BaseException:  # not scheduled: the next wake-up that finds a row held tries again
+            with self._wake_retry_lock:
+                self._wake_retry_pending = False
+            raise
 
     def _claim(self) -> None:
         """Take unowned NEW or RESTORING tasks of registered types (submitted by idle managers)."""

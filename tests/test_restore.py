@@ -835,3 +835,30 @@ def test_max_restores_holds_for_a_task_that_went_unknown_on_the_way(db_path: str
         task = b.get(tid)
     assert task.status is S.FAILED and task.result.startswith("RestoreLimit:")
     assert tid not in gates.ran
+
+
+def test_a_wake_up_retry_is_one_at_a_time_and_starts_over_once_nothing_is_held(db_path: str,
+                                                                              monkeypatch) -> None:
+    """The look again at due tasks held by another transaction (PostgreSQL; driven by hand here):
+    one pending at a time, its delay doubling while rows stay held, back to the least once a
+    wake-up finds nothing held (also when it finds nothing due: the hold may end with the task
+    cancelled elsewhere), and not stuck when it could not be scheduled (found by review)."""
+    m = TaskManager(db_path, poll_interval=3600)
+    timed: list[tuple[float, object]] = []
+    with m:
+        monkeypatch.setattr(m._executor, "call_at", lambda when, fn: timed.append((when, fn)))
+        m._retry_wake()
+        m._retry_wake()  # a poll that finds the row still held: no second retry
+        assert len(timed) == 1 and m._wake_retry_delay == 2 * m.WAKE_RETRY
+        timed.pop()[1]()  # the retry: nothing due any more
+        assert timed == [] and m._wake_retry_delay == m.WAKE_RETRY
+
+        def refuse(when: float, fn: object) -> None:
+            raise RuntimeError("no timed calls now")
+
+        monkeypatch.setattr(m._executor, "call_at", refuse)
+        with pytest.raises(RuntimeError):
+            m._retry_wake()
+        monkeypatch.setattr(m._executor, "call_at", lambda when, fn: timed.append((when, fn)))
+        m._retry_wake()
+        assert len(timed) == 1
