@@ -51,7 +51,7 @@ import falcon
 
 from . import __version__
 from .errors import LimitExceeded, ManagerStateError, StoreError, TaskManagerError, TaskNotFound
-from .manager import DEFAULT_GRAPHSPACE, TaskManager, encode_page
+from .manager import _MAX_ID, DEFAULT_GRAPHSPACE, TaskManager, encode_page
 from .task import TaskPage
 
 __all__ = ["create_app", "API_CORE_VERSION"]
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 #: the HugeGraph release whose task API this server speaks (clients pick graphspace URLs from 1.7 on)
 API_CORE_VERSION = "1.7.0"
 _PUBLIC = frozenset({"/versions", "/openapi.json"})
-_MAX_ID = 2**63 - 1
 
 _STATUS_OF: list[tuple[type[TaskManagerError], str]] = [
     (TaskNotFound, falcon.HTTP_404),

@@ -170,6 +170,16 @@ def held(owner: str | None) -> Any:
     return NOBODY if owner is None else owner
 
 
+def _owner_condition(held_by: Any) -> tuple[str, tuple[Any, ...]]:
+    """The owner condition of an UPDATE for ``held_by`` (see :meth:`Store.update_sql`): its mode,
+    and the parameter it takes (none, or the node)."""
+    if held_by is None:
+        return "", ()
+    if held_by is NOBODY:
+        return "null", ()
+    return "eq", (held_by,)
+
+
 def now_ms(clock: Callable[[], float] = time.time) -> int:
     """The clock's time in epoch milliseconds."""
     return int(clock() * 1000)
@@ -570,15 +580,9 @@ class Tx:
                 fields["history"] = f"{_entry_head(frm, to)}{self.now}]\n"
             else:
                 fields["history"] = "".join(f"{_entry_head(a, b)}{self.now}]\n" for a, b in steps)
-        if held_by is None:
-            sql = self.store.update_sql(tuple(fields), True)
-            params: tuple[Any, ...] = (*fields.values(), task_id, _TEXT.get(frm, frm))
-        elif held_by is NOBODY:
-            sql = self.store.update_sql(tuple(fields), True, 1, "null")
-            params = (*fields.values(), task_id, _TEXT.get(frm, frm))
-        else:
-            sql = self.store.update_sql(tuple(fields), True, 1, "eq")
-            params = (*fields.values(), task_id, _TEXT.get(frm, frm), held_by)
+        mode, owner = _owner_condition(held_by)
+        sql = self.store.update_sql(tuple(fields), True, 1, mode)
+        params = (*fields.values(), task_id, _TEXT.get(frm, frm), *owner)
         if returning:
             found = self._exec(sql + returning, params).fetchone()
             if found is None:
@@ -598,10 +602,9 @@ class Tx:
                **fields: Any) -> bool:
         """Set columns other than the status, only while the task is in one of ``statuses`` (and,
         with ``held_by``, owned by that node, or by none for :data:`NOBODY`)."""
-        mode = "" if held_by is None else "null" if held_by is NOBODY else "eq"
+        mode, owner = _owner_condition(held_by)
         sql = self.store.update_sql(tuple(fields), False, len(statuses), mode)
-        params = (*fields.values(), task_id, *(st.value for st in statuses))
-        if self._exec(sql, (*params, held_by) if mode == "eq" else params).rowcount != 1:
+        if self._exec(sql, (*fields.values(), task_id, *(st.value for st in statuses), *owner)).rowcount != 1:
             return False
         self.writes += 1
         return True
