@@ -133,7 +133,7 @@ from .errors import (
 from .status import TaskStatus, can_move
 from .task import Task, Transition
 
-__all__ = ["Store", "Tx", "TaskRecord", "HistoryRecord", "NodeRecord", "now_ms"]
+__all__ = ["Store", "Tx", "TaskRecord", "HistoryRecord", "NodeRecord", "now_ms", "process_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,8 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _TEXT: dict[Any, str] = {st: st.value for st in TaskStatus}
 #: the same, and ``None`` as itself (a history row's ``from`` on creation)
 _TEXT_OR_RAW: dict[Any, str | None] = {**_TEXT, None: None}
+#: the stored text of the terminal statuses
+_TERMINAL_TEXT: tuple[str, ...] = tuple(st.value for st in TaskStatus if st.terminal)
 #: and back (the enum's own lookup by value costs more too)
 _BY_TEXT: dict[str, TaskStatus] = {st.value: st for st in TaskStatus}
 
@@ -183,6 +185,21 @@ def _owner_condition(held_by: Any) -> tuple[str, tuple[Any, ...]]:
 def now_ms(clock: Callable[[], float] = time.time) -> int:
     """The clock's time in epoch milliseconds."""
     return int(clock() * 1000)
+
+
+def process_identity() -> str:
+    """This process's PID namespace and boot, ``"<boot_id>:<inode of /proc/self/ns/pid>"``, or
+    ``""`` where they cannot be read. Two processes of equal non-empty identity see the same pids.
+
+    Read at each call: a child forked into a new namespace has another.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except (OSError, ValueError):
+        return ""
+    return f"{boot}:{namespace}" if boot else ""
 
 
 class _TaskIdField(BigAutoField):
@@ -263,13 +280,23 @@ class HistoryRecord(Model):
 
 
 class NodeRecord(Model):
-    """A live manager (a "node"): who it is and when it last said so."""
+    """A live manager (a "node"): who it is and when it last said so.
+
+    ``heartbeat`` is written by the database's clock (epoch ms), ``lease_ms``
+    is the node's own lease: it is dead once ``heartbeat + lease_ms`` is past
+    (null in rows of older versions: the reaper's timeout applies).
+    ``identity`` is its process's PID namespace and boot
+    (:func:`process_identity`; empty where unknown): its pid is checked only
+    by a process of the same identity.
+    """
 
     node = TextField(primary_key=True)
     host = TextField()
     pid = IntegerField()
     started = BigIntegerField()
     heartbeat = BigIntegerField()
+    lease_ms = BigIntegerField(null=True)
+    identity = TextField(null=True)
 
     class Meta:
         table_name = "taskmgr_node"
@@ -609,6 +636,16 @@ class Tx:
         self.writes += 1
         return True
 
+    def disown_pending(self, node: str) -> int:
+        """Leave the PENDING tasks that ``node`` owns to any node (their owner becomes NULL);
+        returns how many. Their status, time and history do not change."""
+        s = self.store
+        sql = (f"UPDATE {s._quote(s.Task._meta.table_name)} SET {s._col('owner')} = NULL "
+               f"WHERE {s._col('owner')} = {s.db.param} AND {s._col('status')} = {s.db.param}")
+        n = self._exec(sql, (node, TaskStatus.PENDING.value)).rowcount
+        self.writes += 1
+        return int(n)
+
     def nodes(self) -> set[str]:
         """The names of the registered nodes, read in this transaction."""
         s = self.store
@@ -724,10 +761,10 @@ class Store:
         fields = [f for f in self.Task._meta.sorted_fields if f.name != "history"]
         self._row_fields = fields
         self._row_names = [f.name for f in fields]
-        self._rows_sql = (  # completed by " IN (...)" for a batch (Tx.rows)
-            f"SELECT {', '.join(self._quote(f.column_name) for f in fields)} "
-            f"FROM {self._quote(self.Task._meta.table_name)} WHERE {self._col('id')}"
+        self._select_rows_sql = (
+            f"SELECT {', '.join(self._quote(f.column_name) for f in fields)} FROM {self._quote(self.Task._meta.table_name)}"
         )
+        self._rows_sql = f"{self._select_rows_sql} WHERE {self._col('id')}"  # completed by " IN (...)" (Tx.rows)
         self._row_sql = f"{self._rows_sql} = {self.db.param}"
         self._returning_all = f" RETURNING {', '.join(self._quote(f.column_name) for f in fields)}"
         self._task_sql = (
@@ -748,6 +785,11 @@ class Store:
                     self.db.execute_sql(f"DROP INDEX IF EXISTS {self._quote(old)}")
                 if "history" not in {c.name for c in self.db.get_columns(self.Task._meta.table_name)}:
                     self.db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {self._col('history')} TEXT")
+                node_columns = {c.name for c in self.db.get_columns(self.Node._meta.table_name)}
+                for name, kind in (("lease_ms", "BIGINT"), ("identity", "TEXT")):
+                    if name not in node_columns:
+                        self.db.execute_sql(
+                            f"ALTER TABLE {self._quote(self.Node._meta.table_name)} ADD COLUMN {self._quote(name)} {kind}")
         except peewee.DatabaseError as exc:
             raise StoreError(f"cannot open the task store at {self.db.database!r}: {exc}") from exc
         self._closed = False
@@ -1013,6 +1055,76 @@ class Store:
         if limit is not None:
             q = q.limit(limit)
         return list(self._fetch(q))
+
+    # --------------------------------------------------------- named reads
+    # What the manager asks of the store, by name: the schema stays in here. Each is one statement
+    # (or one per 500 ids) on the caller's connection, by the driver, as get() and select() are.
+    def owned_ids(self, node: str, status: TaskStatus) -> list[int]:
+        """Ids of the tasks ``node`` owns in ``status``, ascending."""
+        sql = (f"SELECT {self._col('id')} FROM {self._quote(self.Task._meta.table_name)} "
+               f"WHERE {self._col('status')} = {self.db.param} AND {self._col('owner')} = {self.db.param} "
+               f"ORDER BY {self._col('id')}")
+        return [r[0] for r in self._read(sql, (status.value, node))]
+
+    def orphan_ids(self, live: Collection[str], after: int, limit: int) -> list[int]:
+        """Ids above ``after`` of the unfinished tasks (not SUCCESS, FAILED or CANCELLED) whose
+        owner is NULL or not one of ``live``: ascending, at most ``limit``."""
+        live = list(live)
+        sql = self._orphans_sql(len(live))
+        return [r[0] for r in self._read(sql, (after, *_TERMINAL_TEXT, *live, limit))]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _orphans_sql(self, n_live: int) -> str:
+        p, owner = self.db.param, self._col("owner")
+        sql = (f"SELECT {self._col('id')} FROM {self._quote(self.Task._meta.table_name)} "
+               f"WHERE {self._col('id')} > {p} AND {self._col('status')} NOT IN ({', '.join([p] * len(_TERMINAL_TEXT))})")
+        if n_live:
+            sql += f" AND ({owner} IS NULL OR {owner} NOT IN ({', '.join([p] * n_live)}))"
+        return sql + f" ORDER BY {self._col('id')} LIMIT {p}"
+
+    def due_pending_ids(self, node: str, types: Collection[str], now_ms: int, limit: int) -> list[int]:
+        """Ids of the PENDING tasks due by ``now_ms`` (``run_at <= now_ms``) that ``node`` owns, or
+        that nobody owns and are of one of ``types``: at most ``limit``, soonest due first.
+
+        Says ``status = 'pending'`` literally: the condition of the partial index on ``run_at``,
+        which a bound parameter would not match."""
+        types = list(types)
+        return [r[0] for r in self._read(self._due_sql(len(types)), (now_ms, node, *types, limit))]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _due_sql(self, n_types: int) -> str:
+        p, owner = self.db.param, self._col("owner")
+        mine = f"{owner} = {p}"
+        if n_types:
+            mine = f"({mine} OR ({owner} IS NULL AND {self._col('type')} IN ({', '.join([p] * n_types)})))"
+        return (f"SELECT {self._col('id')} FROM {self._quote(self.Task._meta.table_name)} "
+                f"WHERE {self._col('status')} = '{TaskStatus.PENDING.value}' AND {self._col('run_at')} <= {p} "
+                f"AND {mine} ORDER BY {self._col('run_at')} LIMIT {p}")
+
+    def claimable_rows(self, types: Collection[str], limit: int) -> list[dict[str, Any]]:
+        """The rows (as :meth:`Tx.row` reads them) of unowned NEW or RESTORING tasks of one of
+        ``types``, ascending by id, at most ``limit``: what a node may claim."""
+        types = list(types)
+        if not types:
+            return []
+        params = (TaskStatus.NEW.value, TaskStatus.RESTORING.value, *types, limit)
+        names = self._row_names
+        return [dict(zip(names, row)) for row in self._read(self._claimable_sql(len(types)), params)]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _claimable_sql(self, n_types: int) -> str:
+        p = self.db.param
+        return (f"{self._select_rows_sql} WHERE {self._col('status')} IN ({p}, {p}) "
+                f"AND {self._col('owner')} IS NULL AND {self._col('type')} IN ({', '.join([p] * n_types)}) "
+                f"ORDER BY {self._col('id')} LIMIT {p}")
+
+    def cancelling_ids(self, ids: Iterable[int]) -> set[int]:
+        """Which of these tasks are CANCELLING."""
+        found: set[int] = set()
+        for part in self._parts(ids):
+            sql = self._list_sql(True, False, False, len(part), False, False, "id")
+            found.update(r[0] for r in self._read(sql, (TaskStatus.CANCELLING.value, *part)))
+        return found
 
     def history(self, task_id: int | None = None) -> list[Transition]:
         """Recorded status changes of one task, oldest first; or of every task, task by task in id
@@ -1470,46 +1582,86 @@ class Store:
                 raise
 
     # ---------------------------------------------------------------- nodes
-    def register_node(self, node: str, started: int) -> None:
-        """Record ``node`` (this process) as alive."""
-        N = self.Node
-        host, pid = socket.gethostname(), os.getpid()
+    # A node's liveness is a lease: its heartbeat, written by the DATABASE's clock (not the store's
+    # clock, which tests fake), renewed before its own lease_ms runs out, and judged by that
+    # lease against the same clock. Several hosts sharing PostgreSQL then agree on who is alive
+    # whatever their own clocks say, and nodes with different timeouts judge each other fairly.
+    #: the lease of a node registered without one, and the fallback for rows without a lease
+    DEFAULT_LEASE = 30.0
 
-        def op(tx: Tx) -> None:
-            N.insert(node=node, host=host, pid=pid, started=started, heartbeat=tx.now).on_conflict(
-                conflict_target=[N.node], update={N.host: host, N.pid: pid, N.started: started, N.heartbeat: tx.now}
-            ).execute()
+    def _db_now(self) -> str:
+        """SQL for the database's clock in epoch milliseconds (SQLite: the host's)."""
+        if self.is_sqlite:
+            return "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"
+        return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
 
-        self.write(op)
+    def register_node(self, node: str, started: int, lease: float = DEFAULT_LEASE,
+                      identity: str | None = None) -> None:
+        """Record ``node`` (this process) as alive, for ``lease`` seconds unless renewed by
+        :meth:`heartbeat`. ``identity`` defaults to :func:`process_identity`.
+
+        :raises InvalidArgument: when ``lease`` is not a positive, finite number of seconds.
+        """
+        lease_ms = _lease_ms(lease)
+        ident = process_identity() if identity is None else identity
+        values = (node, socket.gethostname(), os.getpid(), int(started), lease_ms, ident)
+        p, table = self.db.param, self._quote(self.Node._meta.table_name)
+        cols = ("node", "host", "pid", "started", "lease_ms", "identity")
+        sql = (f"INSERT INTO {table} ({', '.join(self._quote(c) for c in cols)}, {self._quote('heartbeat')}) "
+               f"VALUES ({', '.join([p] * len(cols))}, {self._db_now()}) ON CONFLICT ({self._quote('node')}) "
+               f"DO UPDATE SET " + ", ".join(f"{self._quote(c)} = excluded.{self._quote(c)}"
+                                            for c in (*cols[1:], "heartbeat")))
+        self.write(lambda tx: tx.execute(sql, values))
 
     def heartbeat(self, node: str) -> bool:
-        """Record that ``node`` is alive; False when it is not registered (any more)."""
-        N = self.Node
-        return bool(self.write(lambda tx: N.update(heartbeat=tx.now).where(N.node == node).execute()))
+        """Renew ``node``'s lease (by the database's clock); False when it is not registered (any more)."""
+        sql = (f"UPDATE {self._quote(self.Node._meta.table_name)} SET {self._quote('heartbeat')} = {self._db_now()} "
+               f"WHERE {self._quote('node')} = {self.db.param}")
+        return bool(self.write(lambda tx: tx.execute(sql, (node,)).rowcount))
 
     def remove_node(self, node: str) -> None:
+        """Forget ``node`` (it shut down)."""
         N = self.Node
         self.write(lambda tx: N.delete().where(N.node == node).execute())
 
-    def reap_nodes(self, timeout_ms: int) -> tuple[set[str], list[str]]:
+    def reap_nodes(self, timeout_ms: int | None = None) -> tuple[set[str], list[str]]:
         """Sort the registered nodes into the living and the dead, and forget the dead.
 
-        A node is alive when it was seen within ``timeout_ms`` and, if it runs
-        on this host, its process exists. Returns ``(alive, dead)``.
+        A node is dead when its lease ran out by the database's clock
+        (``heartbeat + lease_ms < now``; a row without a lease is judged by
+        ``timeout_ms``, else :attr:`DEFAULT_LEASE`), or when its process is
+        gone, which is checked only for a node on this host whose identity is
+        this process's (the same PID namespace and boot; never an empty one).
+        Each is removed by a DELETE that checks again that it is still dead
+        (its lease still run out; its heartbeat still the one read): a node
+        that renewed meanwhile stays. Returns ``(alive, dead)``, ``dead``
+        naming only the nodes removed.
         """
-        now = now_ms(self.clock)
-        host = socket.gethostname()
-        alive: set[str] = set()
-        dead: list[str] = []
-        for n in self.Node.select():
-            if now - n.heartbeat > timeout_ms or (n.host == host and not _pid_alive(n.pid)):
-                dead.append(n.node)
-            else:
-                alive.add(n.node)
-        if dead:
-            N = self.Node
-            self.write(lambda tx: N.delete().where(N.node.in_(dead)).execute())
-        return alive, dead
+        fallback = _lease_ms(self.DEFAULT_LEASE) if timeout_ms is None else int(timeout_ms)
+        p, table, q = self.db.param, self._quote(self.Node._meta.table_name), self._quote
+        cols = ("node", "host", "pid", "heartbeat", "lease_ms", "identity")
+        rows = self._read(f"SELECT {', '.join(q(c) for c in cols)}, {self._db_now()} FROM {table}", ())
+        host, me = socket.gethostname(), process_identity()
+        doomed: list[tuple[str, int | None]] = []  # (node, None) for an expired lease, (node, heartbeat) for a gone pid
+        for name, node_host, pid, beat, lease, ident, now in rows:
+            if beat + (lease or fallback) < now:
+                doomed.append((name, None))
+            elif me and ident == me and node_host == host and not _pid_alive(pid):
+                doomed.append((name, beat))
+        alive = {row[0] for row in rows}
+        if not doomed:
+            return alive, []
+        expired_sql = (f"DELETE FROM {table} WHERE {q('node')} = {p} AND "
+                       f"{q('heartbeat')} + COALESCE(NULLIF({q('lease_ms')}, 0), {p}) < {self._db_now()}")
+        gone_sql = f"DELETE FROM {table} WHERE {q('node')} = {p} AND {q('heartbeat')} = {p}"
+
+        def op(tx: Tx) -> list[str]:
+            return [name for name, beat in doomed
+                    if (tx.execute(expired_sql, (name, fallback)) if beat is None
+                        else tx.execute(gone_sql, (name, beat))).rowcount == 1]
+
+        dead = self.write(op)
+        return alive - set(dead), dead
 
     # ---------------------------------------------------------------- close
     def close(self) -> None:
@@ -1561,6 +1713,13 @@ def _parse_history(task_id: int, text: str) -> list[Transition]:
             continue
         out.append(Transition(task_id, _status_or_raw(frm), _status_or_raw(to) or "", at))
     return out
+
+
+def _lease_ms(lease: Any) -> int:
+    """A lease in seconds as whole milliseconds (at least one)."""
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < 10**9:
+        raise InvalidArgument(f"a node's lease must be a positive, finite number of seconds, got {lease!r}")
+    return max(1, int(lease * 1000))
 
 
 def _pid_alive(pid: int) -> bool:

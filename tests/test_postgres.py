@@ -48,6 +48,36 @@ def pg():
     db.close()
 
 
+@pytest.mark.parametrize("check", [
+    "test_owned_ids_are_the_nodes_tasks_in_that_status_ascending",
+    "test_orphan_ids_are_unfinished_tasks_of_nobody_or_of_nodes_not_alive",
+    "test_due_pending_ids_are_the_nodes_own_or_unowned_of_its_types_soonest_first",
+    "test_claimable_rows_are_unowned_new_or_restoring_tasks_of_the_types_as_rows",
+    "test_cancelling_ids_say_which_of_these_are_cancelling",
+    "test_disown_pending_leaves_the_nodes_pending_tasks_to_anyone",
+    "check_the_pid_shortcut",
+])
+def test_the_named_queries_and_the_pid_shortcut_on_postgresql(pg, check: str) -> None:
+    import test_nodes
+
+    store = Store(pg, clock=lambda: 1_000_000_000.0)
+    try:
+        getattr(test_nodes, check)(store)
+    finally:
+        store.close()
+
+
+def test_nodes_are_judged_by_their_own_lease_on_postgresqls_clock(pg) -> None:
+    import test_nodes
+
+    store, other = Store(pg, clock=lambda: 1_000_000_000.0), Store(_fresh_conn(), clock=lambda: 5.0)
+    try:
+        test_nodes.check_the_node_lease(store, other)
+    finally:
+        other.close()
+        store.close()
+
+
 def test_every_pair_of_the_table_on_postgresql(pg) -> None:
     store = Store(pg)
     try:
