@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import InvalidArgument, TaskCancelled, TaskInterrupted
 
-__all__ = ["TaskContext"]
+__all__ = ["TaskContext", "request_cancel", "request_interrupt", "unsaved_progress", "mark_saved"]
 
 #: guards the lazy creation of a context's wake-up event (most callables never sleep: an event
 #: per task cost more than a no-op callable)
@@ -174,3 +174,24 @@ class TaskContext:
 
     def __repr__(self) -> str:
         return f"<TaskContext task_id={self.task_id} type={self.task_type!r} progress={self._progress}>"
+
+
+# The manager's side of a context: what its runner calls, kept out of the callable's way.
+def request_cancel(ctx: TaskContext) -> None:
+    """Tell the callable its task was cancelled (wakes a sleep at once)."""
+    ctx._request_cancel()
+
+
+def request_interrupt(ctx: TaskContext) -> None:
+    """Ask the callable to stop for a shutdown (its task is handed back, not cancelled)."""
+    ctx._request_interrupt()
+
+
+def unsaved_progress(ctx: TaskContext) -> int | None:
+    """The progress the store has not seen yet, or None."""
+    return ctx._unsaved_progress()
+
+
+def mark_saved(ctx: TaskContext, value: int) -> None:
+    """Record that ``value`` was written to the store."""
+    ctx._mark_saved(value)

@@ -39,14 +39,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, ManagerStateError
 
-__all__ = ["Executor", "PoolExecutor", "InlineExecutor", "ManualTimer"]
+__all__ = ["Executor", "ExecutorBase", "PoolExecutor", "InlineExecutor", "ManualTimer"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,21 @@ def _place(entry: tuple[int, Callable[[], None]]) -> int:
     return entry[0]
 
 
+@runtime_checkable
 class Executor(Protocol):
-    """What the manager needs from an executor."""
+    """Everything the manager calls on an executor. :class:`ExecutorBase` gives the optional
+    half (reservations, the FIFO's order, a waiting shutdown, test time) its defaults."""
 
     #: True when :meth:`submit` runs the callable before returning
     synchronous: bool
+    #: True when timed calls run by the manager's clock, from :meth:`run_due` (test executors)
+    manual_clock: bool
+    #: how many calls may run at once (0: the executor does not say)
+    workers: int
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting in the FIFO without a reserved worker."""
 
     def start(self) -> None:
         """Start running submitted and timed calls."""
@@ -96,12 +106,18 @@ class Executor(Protocol):
         """Run ``fn()`` on a worker as soon as one is free. Never drops it. ``reserved``: on a worker
         that :meth:`reserve` held for it (the manager passes it only when ``reserve`` held one)."""
 
-    def reserve(self, n: int) -> int:
+    def reserve(self, n: int, *, ahead_of_queue: bool = False) -> int:
         """Hold up to ``n`` free workers for calls about to be submitted; return how many are
         held. An executor that cannot promise a free worker returns 0."""
 
     def release(self, n: int) -> None:
         """Give back ``n`` held workers that will not be used."""
+
+    def mark(self) -> int:
+        """The FIFO's end now, for :meth:`submit_from`."""
+
+    def submit_from(self, fn: Callable[[], None], mark: int) -> None:
+        """:meth:`submit` ``fn`` where it would be in the FIFO had it been submitted at ``mark``."""
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         """Run ``fn()`` (on the housekeeping side) at ``when``, seconds since the epoch."""
@@ -109,15 +125,55 @@ class Executor(Protocol):
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
         """Run ``fn()`` (on the housekeeping side) every ``seconds``."""
 
+    def close(self) -> None:
+        """Stop taking calls from the FIFO; running calls go on (see :meth:`join`)."""
+
+    def join(self, timeout: float) -> bool:
+        """After :meth:`close`: wait up to ``timeout`` seconds; True once no call runs."""
+
     def shutdown(self, wait: bool = True) -> None:
         """Stop; with ``wait``, return only when running calls have returned."""
 
-    # Optional, for a shutdown that waits: ``close()`` (stop taking calls, let the running ones
-    # go on) and ``join(timeout) -> bool`` (True once none runs). With them the manager keeps its
-    # node's housekeeping going while it waits (see PoolExecutor); without, it waits in shutdown.
+    def run_due(self, now: float) -> int:
+        """Run the periodic calls once and the timed calls due at ``now`` (test executors)."""
 
 
-class PoolExecutor:
+class ExecutorBase:
+    """The defaults of an :class:`Executor`'s optional half: no reservations, a FIFO without
+    places, a shutdown that waits in :meth:`shutdown`, time from the real clock. Subclass it and
+    implement ``start``, ``submit``, ``call_at``, ``every`` and ``shutdown``."""
+
+    synchronous = False
+    manual_clock = False
+    workers = 0
+
+    @property
+    def waiting(self) -> int:
+        return 0
+
+    def reserve(self, n: int, *, ahead_of_queue: bool = False) -> int:
+        return 0
+
+    def release(self, n: int) -> None:
+        pass
+
+    def mark(self) -> int:
+        return 0
+
+    def submit_from(self, fn: Callable[[], None], mark: int) -> None:
+        self.submit(fn)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> bool:
+        return True
+
+    def run_due(self, now: float) -> int:
+        raise ManagerStateError("run_due() is for the inline and step executors; a pool executor runs them itself")
+
+
+class PoolExecutor(ExecutorBase):
     """An APScheduler ``BackgroundScheduler`` with a pool of ``workers`` threads for tasks.
 
     Submitted callables wait in a FIFO of the executor's own. The pool runs
@@ -437,9 +493,11 @@ class PoolExecutor:
                 self._starting = 0
 
 
-class ManualTimer:
+class ManualTimer(ExecutorBase):
     """Timed and periodic calls kept until :meth:`run_due` is told the time: the
     clock-free half of the executors that tests drive."""
+
+    manual_clock = True
 
     def __init__(self) -> None:
         self._timed: list[tuple[float, int, Callable[[], None]]] = []
@@ -479,12 +537,6 @@ class InlineExecutor(ManualTimer):
 
     def submit(self, fn: Callable[[], None], reserved: bool = False) -> None:
         fn()
-
-    def reserve(self, n: int) -> int:
-        return 0  # a task submitted here runs on the submitting thread after the commit: queued first
-
-    def release(self, n: int) -> None:
-        pass
 
     def shutdown(self, wait: bool = True) -> None:
         pass
