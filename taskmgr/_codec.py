@@ -42,23 +42,23 @@ _PAGE_DIGITS = re.compile(r"[0-9]{1,19}")
 # without its circular-reference check (a value that contains itself ends in a RecursionError,
 # reported as such). The C encoder, made once, encodes a small input four times faster than
 # json.dumps, which builds one per call; where it is missing the plain encoder does the work.
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
+PLAIN = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
-def _make_dumps() -> Callable[[Any], str]:
+def make_dumps() -> Callable[[Any], str]:
     try:
         from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 
-        make = c_make_encoder(None, _JSON.default, encode_basestring, None, ":", ",", False, False, False)
+        make = c_make_encoder(None, PLAIN.default, encode_basestring, None, ":", ",", False, False, False)
         sample = {"a": [1, 2.5, "\u00e9\n\"", None, True, False], "b": {"c": -1}, "": "x"}
-        if "".join(make(sample, 0)) == _JSON.encode(sample) and "".join(make("s", 0)) == '"s"':
+        if "".join(make(sample, 0)) == PLAIN.encode(sample) and "".join(make("s", 0)) == '"s"':
             return lambda value: "".join(make(value, 0))
     except Exception:  # noqa: BLE001 - no C encoder, or one of another signature: the plain one
         pass
-    return _JSON.encode
+    return PLAIN.encode
 
 
-dumps = _make_dumps()
+dumps = make_dumps()
 
 
 def encode_json(value: Any, what: str) -> tuple[str, int]:

@@ -182,6 +182,17 @@ class Runner:
     def is_running(self, task_id: int) -> bool:
         return task_id in self._runs
 
+    @property
+    def early_cancels(self) -> set[int]:
+        """Cancels kept for runs whose worker has not registered them yet (a copy)."""
+        with self._runs_lock:
+            return set(self._early[0])
+
+    @property
+    def unsaved(self) -> set[int]:
+        """Tasks whose outcome waits in memory for the store to take it."""
+        return set(self._unsaved)
+
     def cancel(self, task_id: int) -> None:
         """Tell a run of this node that its task was cancelled (now, or as its worker registers it)."""
         with self._runs_lock:

@@ -29,7 +29,7 @@ from taskmgr import (
     UnknownTaskType,
     WaitTimeout,
 )
-import taskmgr.manager as manager_module
+import taskmgr._codec as codec
 from taskmgr.testing import check_history
 
 S = TaskStatus
@@ -389,27 +389,30 @@ def test_a_cancel_that_loses_the_race_with_its_tasks_end_leaves_nothing_behind(t
 
     from conftest import register_test_types
 
+    from taskmgr.testing import rooms
+
     with TaskManager(str(tmp_path / "race.db"), workers=1, poll_interval=0.05) as m:
         register_test_types(m, gates)
         tid = m.submit("gate")
         gates.wait_started(tid)
-        real_write = m._store.write
+        store, runner = rooms(m).store, rooms(m).runner
+        real_write = store.write
 
         def write_then_let_the_task_end(fn, *args, **kwargs):
             out = real_write(fn, *args, **kwargs)
             gates.release.set()
             deadline = time.monotonic() + WAIT
-            while tid in m._running:
+            while runner.is_running(tid):
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
             return out
 
-        monkeypatch.setattr(m._store, "write", write_then_let_the_task_end)
+        monkeypatch.setattr(store, "write", write_then_let_the_task_end)
         assert m.cancel(tid)
         monkeypatch.undo()
-        assert tid in m._early_cancels  # the race happened
+        assert tid in runner.early_cancels  # the race happened
         deadline = time.monotonic() + WAIT
-        while tid in m._early_cancels:
+        while tid in runner.early_cancels:
             assert time.monotonic() < deadline, "the early cancel of a finished task was never forgotten"
             time.sleep(0.01)
         assert m.wait(tid, WAIT).status.terminal
@@ -635,7 +638,7 @@ def test_a_manager_cannot_start_twice_or_be_used_after_shutdown(db_path: str) ->
     ("kwargs", "text"),
     [
         ({"workers": 0}, "workers must be a positive integer, got 0"),
-        ({"executor": "threads"}, "executor must be 'pool', 'inline' or an Executor"),
+        ({"executor": "threads"}, "executor must be 'pool', 'inline' or an instance of a taskmgr.executor.ExecutorBase subclass"),
         ({"synchronous": "sometimes"}, "synchronous must be one of OFF, NORMAL, FULL, EXTRA"),
         ({"max_input_size": 0}, "max_input_size must be a positive number of bytes"),
         ({"poll_interval": 0}, "poll_interval must be a positive number of seconds"),
@@ -690,14 +693,14 @@ def test_the_stored_json_of_a_value_is_what_json_dumps_writes(value):
     # the manager's encoder made once (the C one, and the fallback where that is missing)
     # writes exactly what json.dumps with the same options writes, byte for byte
     expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    assert manager_module._dumps(value) == expected
-    assert manager_module._JSON.encode(value) == expected
+    assert codec.dumps(value) == expected
+    assert codec.PLAIN.encode(value) == expected
 
 
 def test_the_encoder_falls_back_to_the_plain_one_without_the_c_encoder(monkeypatch):
     import json.encoder
 
     monkeypatch.setattr(json.encoder, "c_make_encoder", None)
-    dumps = manager_module._make_dumps()
-    assert dumps == manager_module._JSON.encode
+    dumps = codec.make_dumps()
+    assert dumps == codec.PLAIN.encode
     assert dumps({"é": [1, None]}) == '{"é":[1,null]}'
