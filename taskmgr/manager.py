@@ -127,6 +127,7 @@ class TaskManager:
         self.max_restores = check_count(max_restores, "max_restores")
         self.poll_interval: float = check_seconds(poll_interval, "poll_interval", positive=True)  # type: ignore[assignment]
         self.node_timeout: float = check_seconds(node_timeout, "node_timeout", positive=True)  # type: ignore[assignment]
+        check_seconds(busy_timeout, "busy_timeout", positive=True)
         if not callable(clock):
             raise InvalidArgument(f"clock must be a callable returning seconds since the epoch, got {clock!r}")
         self.clock = clock
