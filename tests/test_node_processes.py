@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import WAIT
-from taskmgr import TaskManager, TaskStatus
+from taskmgr import StoreError, TaskManager, TaskStatus
 
 S = TaskStatus
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -259,3 +259,31 @@ def test_a_take_over_that_fails_part_way_is_finished_by_the_next_heartbeat(db_pa
         for tid in child.ids:
             done = finder.wait(tid, WAIT)
             assert done.status is S.SUCCESS and done.retries == 1
+
+
+def test_a_take_over_whose_write_fails_is_tried_again_by_the_next_heartbeat(db_path: str, runlog: str,
+                                                                          monkeypatch) -> None:
+    """The dead node is already out of the registry when the take-over's write fails (a full
+    disk): nothing would ever look for its tasks again but a restart. The next heartbeat does."""
+    from taskmgr import _moves
+
+    child = Child(db_path, runlog, "gate", node_timeout=0.3, submit="gate:2")
+    _until(lambda: len(_runs(runlog)) == 2, "the child to start its tasks")
+    real = _moves.take_over
+    failures: list[int] = []
+
+    def fails_once(tx, actor, ids):
+        if not failures:
+            failures.append(len(ids))
+            raise StoreError("the task database is full: nothing was written")
+        return real(tx, actor, ids)
+
+    finder = TaskManager(db_path, poll_interval=0.05, node_timeout=30.0)
+    finder.register("gate", lambda ctx: ctx.task_id)
+    with finder:
+        monkeypatch.setattr(_moves, "take_over", fails_once)
+        child.kill()
+        for tid in child.ids:
+            done = finder.wait(tid, WAIT)
+            assert done.status is S.SUCCESS and done.retries == 1
+    assert failures == [2]
