@@ -165,8 +165,8 @@ def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
                 return tid
 
             rows.append((store.write(op), gs, g, st))
-        assert store._distinct("graphspace") == ["A", "B", "C"]
-        assert store._distinct("graph", "A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
+        assert store.graphspaces() == ["A", "B", "C"]
+        assert store.graphs("A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
         for scope in ({"graph": "g1"}, {"graph": "g2", "status": S.SUCCESS}, {"graphspace": "B"},
                       {"graphspace": "C", "status": S.FAILED, "after": 20}, {"status": S.SUCCESS},
                       {"status": S.NEW, "after": 30}, {"graphspace": "A", "graph": "g1", "status": S.NEW}, {}):
