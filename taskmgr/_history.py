@@ -4,8 +4,8 @@ Owns the ``history`` column's format: one JSON array ``[from, to, at]`` and a
 newline per change (JSON escapes every control character, so a newline ends
 an entry and nothing else), appended by the very statement that makes the
 change (see :mod:`taskmgr._tx`), so the two never disagree and a deleted
-task takes its history along. Also reads what earlier versions kept in the
-``taskmgr_history`` table, placing its rows among the row's entries by time.
+task takes its history along. (What versions before the history moved into
+the row kept in a table of its own is merged into the rows by migration 2.)
 
 Invariants: a prune rewrites rows in transactions that hold them (SQLite's
 write lock, ``FOR UPDATE`` elsewhere), so a change committed meanwhile is
@@ -16,11 +16,9 @@ through the store's commit engine.
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import json
 import logging
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -98,41 +96,28 @@ class History:
     #: task rows rewritten per transaction by :meth:`prune`
     PRUNE_BATCH = 500
 
-    def __init__(self, sql: Any, legacy_model: Any, read: Callable[..., list[tuple[Any, ...]]],
-                 write: Callable[..., Any], tuning: Any) -> None:
+    def __init__(self, sql: Any, read: Callable[..., list[tuple[Any, ...]]], write: Callable[..., Any],
+                 tuning: Any) -> None:
         self._sql = sql
-        self._legacy = legacy_model
         self._read = read
         self._write = write
         self._tuning = tuning  # where PRUNE_BATCH is read (the store: set on its class or instance)
 
     def read(self, task_id: int | None = None) -> list[Transition]:
-        """Recorded status changes of one task, oldest first; or of every task, task by task in id
-        order. Rows of the earlier versions' table are placed among the row's entries by time,
-        ties first."""
-        H = self._legacy
-        legacy = H.select().order_by(H.id)
-        if task_id is not None:
-            legacy = legacy.where(H.task == task_id)
-        old: dict[int, list[Transition]] = {}
-        for r in legacy:
-            old.setdefault(r.task, []).append(
-                Transition(r.task, status_or_raw(r.from_status), status_or_raw(r.to_status) or "", r.at))
+        """Recorded status changes of one task, in the order they were made; or of every task, task
+        by task in id order."""
         s = self._sql
         col, key = s.col("history"), s.col("id")
         if task_id is None:
             rows = self._read(f"SELECT {key}, {col} FROM {s.table} WHERE {col} IS NOT NULL ORDER BY {key}", ())
         else:
             rows = self._read(f"SELECT {key}, {col} FROM {s.table} WHERE {key} = {s.db.param}", (task_id,))
-        new = {tid: parse(tid, text) for tid, text in rows if text}
-        return [t for tid in sorted(old.keys() | new.keys())
-                for t in heapq.merge(old.get(tid, ()), new.get(tid, ()), key=operator.attrgetter("at"))]
+        return [t for tid, text in rows if text for t in parse(tid, text)]
 
     def prune(self, before_ms: int) -> int:
         """Delete history entries older than ``before_ms``; returns how many. Every entry older
         than the cut goes, wherever it is in the row: nodes' clocks may differ."""
-        H = self._legacy
-        removed = self._write(lambda tx: H.delete().where(H.at < before_ms).execute())
+        removed = 0
         after: int | None = 0
         while after is not None:
             n, after = self._write(self._prune_rows, before_ms, after)

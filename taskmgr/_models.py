@@ -1,7 +1,7 @@
 """The store's tables: peewee models declared once, bound to a database at run time.
 
-Owns the declarations of :class:`TaskRecord`, :class:`HistoryRecord` and
-:class:`NodeRecord`, the indexes, and the stored text of each status. Each
+Owns the declarations of :class:`TaskRecord` and :class:`NodeRecord`, the
+indexes, and the stored text of each status. Each
 :class:`~taskmgr.store.Store` binds subclasses of the models to its own
 database (:func:`bound`), so two stores on two databases live in one process.
 
@@ -34,7 +34,7 @@ from peewee import (
 from .status import TaskStatus
 from .task import Task
 
-__all__ = ["TaskRecord", "HistoryRecord", "NodeRecord", "bound", "now_ms"]
+__all__ = ["TaskRecord", "NodeRecord", "bound", "now_ms"]
 
 #: each status's stored text (``.value`` through the enum's descriptor costs more, on the hot path)
 TEXT: dict[Any, str] = {st: st.value for st in TaskStatus}
@@ -110,23 +110,8 @@ class TaskRecord(Model):
             (("status", "graphspace", "graph", "id"), False),
             (("graphspace", "graph", "id"), False),
         )
-        # and, made by the schema: (run_at) WHERE status = 'pending' (see PENDING_INDEX)
-
-
-class HistoryRecord(Model):
-    """One status change of one task, as recorded by earlier versions (``from_status`` is null for
-    the creation). Today's changes go to the task's own ``history`` column; the rows of this table
-    are still read, pruned, and deleted with their task, and never written."""
-
-    id = BigAutoField()
-    task = BigIntegerField(column_name="task_id")
-    from_status = TextField(null=True)
-    to_status = TextField()
-    at = BigIntegerField()
-
-    class Meta:
-        table_name = "taskmgr_history"
-        indexes = ((("task", "id"), False),)
+        # and, made by the schema: (run_at) WHERE status = 'pending' (see PENDING_INDEX). Any change
+        # here is a new migration in taskmgr/_migrations.
 
 
 class NodeRecord(Model):
@@ -156,9 +141,6 @@ class NodeRecord(Model):
 #: status change of any other task does not touch it. A statement can use it only when it says
 #: ``status = 'pending'`` literally, not as a bound parameter.
 PENDING_INDEX = "taskmgr_task_pending_run_at"
-#: made by earlier versions, dropped when a store opens: replaced by PENDING_INDEX, and by the
-#: (status, graphspace, graph, id) index
-OLD_INDEXES = ("taskrecord_status_run_at", "taskrecord_graphspace_graph_status_id", "taskrecord_status_id")
 
 
 def bound(model: type[Model], db: Database) -> Any:

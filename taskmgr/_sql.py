@@ -48,14 +48,12 @@ class Statements:
     column out: nothing there needs it, and it grows with every change.
     """
 
-    def __init__(self, db: Database, task_model: Any, node_model: Any, legacy_history: Any, history: bool) -> None:
+    def __init__(self, db: Database, task_model: Any, node_model: Any, history: bool) -> None:
         self.db = db
         self.table = quote(db, task_model._meta.table_name)
         #: the names of the registered nodes
         self.node_names = (f"SELECT {quote(db, node_model._meta.fields['node'].column_name)} "
                            f"FROM {quote(db, node_model._meta.table_name)}")
-        #: the table of earlier versions' history rows (deleted from with their task)
-        self.legacy_history = quote(db, legacy_history._meta.table_name)
         self._columns = {f.name: quote(db, f.column_name) for f in task_model._meta.sorted_fields}
         #: record every status change in the row (the store's ``history`` option)
         self.history = history

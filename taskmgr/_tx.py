@@ -338,7 +338,5 @@ class Tx:
         """Delete a task's row and its history. Returns False when there was no row."""
         s = self.sql
         n = self._exec(f"DELETE FROM {s.table} WHERE {s.col('id')} = {s.db.param}", (task_id,)).rowcount
-        if s.legacy_history:  # and what earlier versions kept
-            self._exec(f"DELETE FROM {s.legacy_history} WHERE task_id = {s.db.param}", (task_id,))
         self.writes += 1
         return bool(n)

@@ -3,7 +3,7 @@
 :class:`Store` is thin over the rooms behind it, each with one job:
 
 - ``_models``: the peewee models, declared once and bound to each store's database;
-- ``_schema``: the tables and indexes, made or brought up to date at open;
+- ``_schema``: the schema's version, made or migrated at open (``_migrations``: the steps);
 - ``_sql``: the statements of the task table, built once per shape, run by the driver;
 - ``_tx``: :class:`Tx`, the transaction verbs and the compare-and-set;
 - ``_batch``: one batch in one transaction (savepoints, retries, interrupts);
@@ -32,17 +32,17 @@ from ._batch import BatchRunner, Listener
 from ._checkpoint import Checkpointer
 from ._commit import DeferredCalls, GroupCommit, SyncCommit
 from ._history import History
-from ._models import HistoryRecord, NodeRecord, TaskRecord, bound, now_ms
+from ._models import NodeRecord, TaskRecord, bound, now_ms
 from ._nodes import NodeRegistry, lease_ms, process_identity
 from ._reads import Reads
-from ._schema import ensure_schema
+from ._schema import open_schema
 from ._sql import Statements
 from ._tx import NOBODY, Tx, held
 from .errors import InvalidArgument
 from .status import TaskStatus
 from .task import Task, Transition
 
-__all__ = ["Store", "Tx", "TaskRecord", "HistoryRecord", "NodeRecord", "NOBODY", "held", "now_ms",
+__all__ = ["Store", "Tx", "TaskRecord", "NodeRecord", "NOBODY", "held", "now_ms",
            "open_sqlite", "process_identity"]
 
 T = TypeVar("T")
@@ -156,10 +156,10 @@ class Store:
             )
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
         self.Task: Any = bound(TaskRecord, self.db)
-        self.History: Any = bound(HistoryRecord, self.db)
         self.Node: Any = bound(NodeRecord, self.db)
-        ensure_schema(self.db, self.Task, self.History, self.Node)
-        self._sql = Statements(self.db, self.Task, self.Node, self.History, history)
+        #: the schema version of the database (always the code's, once open)
+        self.schema_version = open_schema(self.db, self.Task, self.Node, repr(self.db.database))
+        self._sql = Statements(self.db, self.Task, self.Node, history)
         deferred = DeferredCalls()
         self._checkpointer = Checkpointer(self.db, self) if self._owns_db and background else None
         self._runner = BatchRunner(self._sql, clock, deferred, self,
@@ -168,7 +168,7 @@ class Store:
             GroupCommit(self._runner, deferred, self) if group_commit else SyncCommit(self._runner))
         self._reads = Reads(self._sql, self.Task, self)
         # the rooms write through write() as looked up at each call: a host or a test may wrap it
-        self._history = History(self._sql, self.History, self._reads.read, self._write_now, self)
+        self._history = History(self._sql, self._reads.read, self._write_now, self)
         self._nodes = NodeRegistry(self.db, self.Node, self._reads.read, self._write_now, self.is_sqlite)
 
     def _write_now(self, fn: Callable[..., T], *args: Any) -> T:

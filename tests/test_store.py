@@ -301,6 +301,7 @@ def test_a_store_made_by_an_earlier_version_gets_todays_indexes_and_keeps_its_ta
     s.close()
     con = sqlite3.connect(path)
     with con:
+        con.execute("DROP TABLE taskmgr_schema")  # the schema before versions
         con.execute("DROP INDEX taskrecord_status_graphspace_graph_id")
         con.execute("CREATE INDEX taskrecord_graphspace_graph_status_id "
                     "ON taskmgr_task (graphspace, graph, status, id)")
