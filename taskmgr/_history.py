@@ -90,6 +90,15 @@ def status_or_raw(value: str | None) -> TaskStatus | str | None:
         return value
 
 
+def _readable(task_id: int, text: Any) -> bool:
+    """Whether a row's history is text to parse; one that is not (a damaged file) reads as none."""
+    if isinstance(text, str):
+        return bool(text)
+    if text is not None:
+        log.warning("task %d: its history is not text (%s) and is skipped", task_id, type(text).__name__)
+    return False
+
+
 class History:
     """The history reads and the pruning of one store."""
 
@@ -112,7 +121,7 @@ class History:
             rows = self._read(f"SELECT {key}, {col} FROM {s.table} WHERE {col} IS NOT NULL ORDER BY {key}", ())
         else:
             rows = self._read(f"SELECT {key}, {col} FROM {s.table} WHERE {key} = {s.db.param}", (task_id,))
-        return [t for tid, text in rows if text for t in parse(tid, text)]
+        return [t for tid, text in rows if _readable(tid, text) for t in parse(tid, text)]
 
     def prune(self, before_ms: int) -> int:
         """Delete history entries older than ``before_ms``; returns how many. Every entry older
@@ -132,6 +141,8 @@ class History:
                        f"ORDER BY {key} LIMIT {batch}{lock}", (after,))
         removed = 0
         for tid, text in rows:
+            if not isinstance(text, str):
+                continue  # unreadable (a damaged file): left as it is
             lines = text.split("\n")[:-1]
             kept = [line for line in lines if entry_at(line) >= before_ms]
             if len(kept) != len(lines):

@@ -16,8 +16,10 @@ The named queries (:meth:`owned_ids`, :meth:`orphan_ids`, ...) are what the
 manager asks of the store by name, so that the schema never leaks out of it.
 
 Invariants: every list is in ascending id order (the due tasks: soonest
-first); a status that is not one of the twelve reads as UNKNOWN. Entered by
-any thread.
+first); a read never fails on a damaged row (a status that is not one of the
+twelve, a BLOB or a wrong type in a column: SQLite keeps what it is given):
+it reads as an UNKNOWN task whose result says ``DamagedRecord: ...``, every
+field of its contract type. Entered by any thread.
 """
 
 from __future__ import annotations
@@ -36,8 +38,64 @@ from .task import Task
 
 def to_task(found: Sequence[Any]) -> Task:
     """A :class:`Task` from its columns read in :data:`TASK_FIELDS` order (no row dict: it cost a
-    fifth of a ``get``); a status that is not one of the twelve reads as UNKNOWN."""
-    return Task(found[0], found[1], found[2], BY_TEXT.get(found[3], TaskStatus.UNKNOWN), *found[4:])
+    fifth of a ``get``). A row that holds what its columns cannot (a damaged file: SQLite keeps
+    what it is given) reads as :func:`damaged_task`; the check is a few type tests, on every row."""
+    status = BY_TEXT.get(found[3])
+    if (status is not None
+            and type(found[4]) is type(found[5]) is type(found[6]) is type(found[8]) is int
+            and type(found[1]) is type(found[2]) is type(found[9]) is type(found[11]) is type(found[12]) is str
+            and (found[7] is None or type(found[7]) is str) and (found[10] is None or type(found[10]) is str)):
+        return Task(found[0], found[1], found[2], status, *found[4:])
+    return damaged_task(found)
+
+
+def to_task_typed(found: Sequence[Any]) -> Task:
+    """:func:`to_task` for a database that enforces its column types (PostgreSQL): the status alone
+    is checked."""
+    status = BY_TEXT.get(found[3])
+    if status is not None:
+        return Task(found[0], found[1], found[2], status, *found[4:])
+    return damaged_task(found)
+
+
+_INTEGERS = frozenset(("id", "progress", "created", "updated", "retries"))
+_OPTIONAL = frozenset(("result", "input"))
+
+
+def damaged_task(found: Sequence[Any]) -> Task:
+    """The Task of a row some of whose columns hold the wrong type: UNKNOWN, its ``result`` saying
+    which column holds what (``DamagedRecord: progress holds text 'abc', not an integer``), every
+    field of the contract's type (a wrong integer reads 0, a BLOB where text belongs is decoded)."""
+    values: dict[str, Any] = {}
+    why: list[str] = []
+    for name, value in zip(TASK_FIELDS, found):
+        if name == "status":
+            if BY_TEXT.get(value) is None:
+                why.append(f"stored status {value!r} is not valid")
+        elif name in _INTEGERS:
+            if type(value) is not int:
+                why.append(f"{name} holds {_what(value)}, not an integer")
+                value = int(value) if type(value) is float and value == value and abs(value) < 2**63 else 0
+        elif value is None and name in _OPTIONAL:
+            pass
+        elif type(value) is not str:
+            why.append(f"{name} holds {_what(value)}, not text")
+            value = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else (
+                None if name in _OPTIONAL else "")
+        values[name] = value
+    values["status"] = TaskStatus.UNKNOWN
+    values["result"] = "DamagedRecord: " + "; ".join(why)
+    return Task(**values)
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, bytes):
+        return f"a BLOB of {len(value)} bytes"
+    if isinstance(value, str):
+        return f"text {value[:40]!r}"
+    if isinstance(value, float):
+        return f"the real number {value!r}"
+    return "NULL" if value is None else f"{type(value).__name__} {value!r}"
 
 
 class Reads:
@@ -48,6 +106,8 @@ class Reads:
         self._sql = sql
         self._task = task_model
         self._tuning = tuning
+        #: a row's Task: SQLite keeps any type in any column, so its rows are checked
+        self._to_task = to_task if sql.is_sqlite else to_task_typed
 
     def read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The rows of one read on this thread's connection, by the driver alone."""
@@ -59,7 +119,7 @@ class Reads:
         rows = self.read(self._sql.task_by_id, (task_id,))
         if not rows:
             return None
-        task = to_task(rows[0])
+        task = self._to_task(rows[0])
         if (graphspace is not None and task.graphspace != graphspace) or (graph is not None and task.graph != graph):
             return None
         return task
@@ -151,6 +211,7 @@ class Reads:
             params.append(limit)
         sql = self.list_sql(status is not None, graphspace is not None, graph is not None,
                             -1 if id_list is None else len(id_list), bool(after), limit >= 0, "task")
+        to_task = self._to_task
         return [to_task(found) for found in self.read(sql, params)]
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one Reads lives as long as its store
