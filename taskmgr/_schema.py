@@ -15,7 +15,8 @@ Invariants:
   applied;
 - a database newer than the code (a migration this code does not know) is
   refused, untouched, with a :class:`~taskmgr.errors.StoreError` naming both
-  versions.
+  versions; so is one whose tables of our names are not ours ("not a taskmgr
+  database"), checked before anything is made or changed.
 
 Entered only by the thread opening a store.
 """
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +45,67 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_migratio
 VERSION_TABLE = "taskmgr_schema"
 #: the PostgreSQL advisory lock held while a store makes or migrates its schema
 SCHEMA_LOCK = 0x7461736B6D6772  # "taskmgr"
+
+
+#: the columns every table of ours has had since version 1 (version 1 brought the task row's history)
+_OURS: dict[str, tuple[str, ...]] = {
+    "taskmgr_task": ("id", "graphspace", "graph", "type", "name", "status", "progress", "created", "updated",
+                     "result", "retries", "callable", "input", "owner", "run_at", "ran", "restores", "max_retries",
+                     "retry_delay"),
+    "taskmgr_node": ("node", "host", "pid", "started", "heartbeat"),
+    "taskmgr_history": ("task_id", "from_status", "to_status", "at"),
+    VERSION_TABLE: ("name", "applied"),
+}
+
+
+def check_ours(db: Database, where: str) -> set[str]:
+    """The tables of the database, once it is known that those bearing our names are ours.
+
+    :raises StoreError: "... is not a taskmgr database: ..." naming what differs (a table that
+        lacks our columns, a view by one of our names, our other tables without a task table).
+    """
+    tables = set(db.get_tables())
+    views = {v.name for v in db.get_views()}
+    problems = []
+    for name, needed in _OURS.items():
+        if name in views:
+            problems.append(f"{name} is a view, not a table")
+        elif name in tables:
+            have = {c.name for c in db.get_columns(name)}
+            missing = [c for c in needed if c not in have]
+            if missing:
+                problems.append(f"table {name} lacks the columns {', '.join(missing)}")
+    others = sorted(tables & {"taskmgr_node", VERSION_TABLE})
+    if not problems and others and "taskmgr_task" not in tables:
+        problems.append(f"it has {' and '.join(others)} but no taskmgr_task table")
+    if problems:
+        raise StoreError(f"{where} is not a taskmgr database: {'; '.join(problems)} (another application's "
+                         "tables by taskmgr's names?); nothing was changed")
+    return tables
+
+
+def probe_file(path: str, where: str, readonly: bool = False) -> bool:
+    """Check an existing SQLite file before the store opens it (and its pragmas switch it to WAL):
+    on a connection that changes nothing. Returns whether the file holds anything.
+
+    :raises StoreError: when it is not a SQLite database, or not a taskmgr one.
+    """
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return False
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={'ro' if readonly else 'rw'}"
+    probe = peewee.SqliteDatabase(uri, uri=True)
+    try:
+        check_ours(probe, where)
+        return True
+    except peewee.DatabaseError as exc:
+        raise StoreError(f"{where} is not a taskmgr database: {exc}") from exc
+    finally:
+        probe.close()
+
+
+def _index(name: str) -> int:
+    found = re.match(r"\d+", name)
+    return int(found.group()) if found else -1
 
 
 def code_version() -> int:
@@ -65,17 +129,22 @@ def _write_lock(db: Database) -> Iterator[None]:
 def database_version(runner: Runner, where: str) -> int:
     """The version recorded in a versioned database.
 
-    :raises StoreError: when it is newer than the code.
+    :raises StoreError: when it is newer than the code, or its migrations are not ours.
     """
-    status = runner.status()
-    applied = [m for m in status if m.applied is not None]
-    version = max((m.idx for m in applied), default=1)
-    unknown = [m.name for m in status if m.path is None]
+    ours = {m.name for m in runner.migrations()}
+    applied = list(runner.applied())
+    code = code_version()
+    foreign = sorted(n for n in applied if n not in ours and _index(n) <= code)
+    if foreign:
+        raise StoreError(f"{where} is not a taskmgr database: {VERSION_TABLE} records migrations that are not "
+                         f"taskmgr's: {', '.join(foreign)}; nothing was changed")
+    version = max((_index(n) for n in applied), default=1)
+    unknown = sorted(n for n in applied if n not in ours)
     if unknown:
         raise StoreError(
-            f"the task database {where} has schema version {version}, newer than this taskmgr's "
-            f"{code_version()} (it knows no migration {', '.join(unknown)}): upgrade taskmgr to the version "
-            "that made it, or open a database made by this version"
+            f"the task database {where} has schema version {version}, newer than this taskmgr's {code} (it "
+            f"knows no migration {', '.join(unknown)}): upgrade taskmgr to the version that made it, or open a "
+            "database made by this version; nothing was changed"
         )
     return version
 
@@ -88,7 +157,7 @@ def open_schema(db: Database, task: Any, node: Any, where: str) -> int:
     runner = Runner(db, MIGRATIONS, table_name=VERSION_TABLE)
     try:
         with _write_lock(db):
-            tables = set(db.get_tables())
+            tables = check_ours(db, where)
             if VERSION_TABLE in tables:
                 if database_version(runner, where) < code_version():
                     runner.up()

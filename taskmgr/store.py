@@ -35,7 +35,7 @@ from ._history import History
 from ._models import NodeRecord, TaskRecord, bound, now_ms
 from ._nodes import NodeRegistry, lease_ms, process_identity
 from ._reads import Reads
-from ._schema import open_schema
+from ._schema import open_schema, probe_file
 from ._sql import Statements
 from ._tx import NOBODY, Tx, held
 from .errors import InvalidArgument
@@ -144,6 +144,7 @@ class Store:
             self.db = database
             self._owns_db = False
         elif isinstance(database, (str, os.PathLike)):
+            probe_file(os.fspath(database), repr(os.fspath(database)))  # before its pragmas change the file
             # At FULL the checkpoint stays in the committing connection: the WAL is already synced there
             background = group_commit and str(synchronous).upper() in ("NORMAL", "OFF")
             self.db = open_sqlite(

@@ -657,3 +657,12 @@ def test_a_due_task_held_by_another_transaction_is_woken_soon_after_without_spin
     finally:
         holder.close()
         a.shutdown()
+
+
+def test_another_applications_task_table_on_postgresql_is_refused_untouched(pg) -> None:
+    from taskmgr import StoreError
+
+    pg.execute_sql("CREATE TABLE taskmgr_task (id BIGSERIAL PRIMARY KEY, title TEXT)")
+    with pytest.raises(StoreError, match="is not a taskmgr database: table taskmgr_task lacks the columns graphspace"):
+        Store(pg)
+    assert sorted(t for t in pg.get_tables() if t.startswith("taskmgr")) == ["taskmgr_task"]

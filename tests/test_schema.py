@@ -281,3 +281,85 @@ def test_its_unfinished_tasks_are_restored_by_a_started_manager_and_run(v1_copy:
                 assert m.get(task[0]).status is S[task[3]]
         check_history(m.history())
     assert sorted(runs) == sorted(ran + [19, 19])  # each once; the failing one twice (its retries)
+
+
+# -------------------------------------------------------------------- another application's database
+def _foreign(path: str, *statements: str) -> list:
+    con = sqlite3.connect(path)
+    with con:
+        for statement in statements:
+            con.execute(statement)
+    schema = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    con.close()
+    return schema
+
+
+def _unchanged(path: str, schema: list) -> None:
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # never switched to WAL
+    finally:
+        con.close()
+    assert not os.path.exists(path + "-wal")
+
+
+def test_another_applications_task_table_is_refused_before_anything_changes(tmp_path) -> None:
+    """Its taskmgr_task has other columns: SQLite reads each missing double-quoted column as a string
+    literal, so it used to list made-up tasks (and the open added tables and switched it to WAL)."""
+    path = str(tmp_path / "app.db")
+    schema = _foreign(path, "CREATE TABLE taskmgr_task (id INTEGER PRIMARY KEY, title TEXT, done INTEGER)",
+                      "INSERT INTO taskmgr_task (title, done) VALUES ('buy milk', 0)",
+                      "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    for open_it in (lambda: Store(path), lambda: TaskManager(path)):
+        with pytest.raises(StoreError) as caught:
+            open_it()
+        text = str(caught.value)
+        assert "is not a taskmgr database" in text and path in text, text
+        assert "taskmgr_task" in text and "graphspace" in text and "status" in text, text  # what is missing
+        _unchanged(path, schema)
+
+
+def test_a_view_by_the_name_of_a_taskmgr_table_is_refused(tmp_path) -> None:
+    path = str(tmp_path / "view.db")
+    schema = _foreign(path, "CREATE TABLE t (a)", "CREATE VIEW taskmgr_node AS SELECT a FROM t")
+    with pytest.raises(StoreError, match="is not a taskmgr database: taskmgr_node is a view"):
+        Store(path)
+    _unchanged(path, schema)
+
+
+def test_another_applications_node_table_is_refused(v1_copy: str) -> None:
+    con = sqlite3.connect(v1_copy)
+    with con:
+        con.execute("DROP TABLE taskmgr_node")
+        con.execute("CREATE TABLE taskmgr_node (id INTEGER PRIMARY KEY, hostname TEXT)")
+    con.close()
+    with pytest.raises(StoreError, match="taskmgr_node lacks the columns node, host, pid, started, heartbeat"):
+        Store(v1_copy)
+    assert "taskmgr_history" in _tables(v1_copy)  # nothing migrated
+
+
+def test_a_database_the_host_opened_is_checked_too(tmp_path) -> None:
+    from peewee import SqliteDatabase
+
+    path = str(tmp_path / "host.db")
+    schema = _foreign(path, "CREATE TABLE taskmgr_task (id INTEGER PRIMARY KEY, title TEXT)")
+    db = SqliteDatabase(path)
+    try:
+        with pytest.raises(StoreError, match="is not a taskmgr database"):
+            Store(db)
+    finally:
+        db.close()
+    _unchanged(path, schema)
+
+
+def test_another_applications_migrations_in_taskmgr_schema_are_not_taken_for_a_newer_version(tmp_path) -> None:
+    path = str(tmp_path / "s.db")
+    Store(path).close()
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("UPDATE taskmgr_schema SET name = '0001_create_users' WHERE name = '0001_v1'")
+    con.close()
+    with pytest.raises(StoreError, match="not a taskmgr database: taskmgr_schema records migrations that are not "
+                                         "taskmgr's: 0001_create_users"):
+        Store(path)
