@@ -112,6 +112,40 @@ class SyncCommit:
         self.closed = True
 
 
+class ReadOnlyCommit:
+    """``readonly=True``: nothing is ever written, and no thread runs."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self.closed = False
+
+    def _refuse(self) -> StoreError:
+        return StoreError(f"the task store at {self._where} was opened read-only: it cannot write (open it "
+                          "without readonly=True to write)")
+
+    def write(self, fn: Callable[..., T], args: tuple[Any, ...], savepoint: bool) -> T:
+        raise self._refuse()
+
+    def write_async(self, fn: Callable[..., Any], args: tuple[Any, ...], savepoint: bool,
+                    callback: Callable[[bool, Any], None] | None) -> None:
+        raise self._refuse()
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        fn()  # no commit will come
+
+    def leading_here(self) -> bool:
+        return False
+
+    queued = 0
+    committing = False
+
+    def threads(self) -> list[threading.Thread]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class GroupCommit:
     """Concurrent writers share transactions (see the module docs). ``tuning`` is where the
     knobs are read at each use (``LINGER``, ``LINGER_MAX``, ``FLUSHER_IDLE``, ``DEFER_MAX``,

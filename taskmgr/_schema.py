@@ -84,7 +84,13 @@ def check_ours(db: Database, where: str) -> set[str]:
     return tables
 
 
-def probe_file(path: str, where: str, readonly: bool = False) -> bool:
+def _unreadable(exc: BaseException, where: str) -> StoreError:
+    if "not a database" in str(exc):
+        return StoreError(f"{where} is not a taskmgr database: {exc}")
+    return StoreError(f"cannot open the task store at {where}: {exc}")
+
+
+def probe_file(path: str, where: str) -> bool:
     """Check an existing SQLite file before the store opens it (and its pragmas switch it to WAL):
     on a connection that changes nothing. Returns whether the file holds anything.
 
@@ -92,15 +98,37 @@ def probe_file(path: str, where: str, readonly: bool = False) -> bool:
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return False
-    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={'ro' if readonly else 'rw'}"
-    probe = peewee.SqliteDatabase(uri, uri=True)
+    probe = peewee.SqliteDatabase(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True)
     try:
         check_ours(probe, where)
         return True
     except peewee.DatabaseError as exc:
-        raise StoreError(f"{where} is not a taskmgr database: {exc}") from exc
+        raise _unreadable(exc, where) from exc
     finally:
         probe.close()
+
+
+def check_readable(db: Database, task: Any, where: str) -> int:
+    """The version of a database opened read-only, which must be the code's: nothing is made,
+    changed or migrated.
+
+    :raises StoreError: when it is not a taskmgr database, is still to migrate, or is newer.
+    """
+    try:
+        tables = check_ours(db, where)
+        if VERSION_TABLE in tables:
+            version = database_version(Runner(db, MIGRATIONS, table_name=VERSION_TABLE), where)
+        elif task._meta.table_name in tables:
+            version = 1
+        else:
+            raise StoreError(f"{where} is not a taskmgr database: it has no {task._meta.table_name} table")
+    except peewee.DatabaseError as exc:
+        raise _unreadable(exc, where) from exc
+    if version < code_version():
+        raise StoreError(f"the task database {where} has schema version {version}, older than this taskmgr's "
+                         f"{code_version()}: run a writable open to migrate it (start a TaskManager on it, or "
+                         "open a Store without readonly=True), then read it")
+    return version
 
 
 def _index(name: str) -> int:

@@ -22,7 +22,9 @@ for writers. Entered by any thread; :meth:`Store.close` once, by the owner.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
@@ -30,15 +32,15 @@ from peewee import Database, SqliteDatabase
 
 from ._batch import BatchRunner, Listener
 from ._checkpoint import Checkpointer
-from ._commit import DeferredCalls, GroupCommit, SyncCommit
+from ._commit import DeferredCalls, GroupCommit, ReadOnlyCommit, SyncCommit
 from ._history import History
 from ._models import NodeRecord, TaskRecord, bound, now_ms
 from ._nodes import NodeRegistry, lease_ms, process_identity
 from ._reads import Reads
-from ._schema import open_schema, probe_file
+from ._schema import check_readable, open_schema, probe_file
 from ._sql import Statements
 from ._tx import NOBODY, Tx, held
-from .errors import InvalidArgument
+from .errors import InvalidArgument, StoreError
 from .status import TaskStatus
 from .task import Task, Transition
 
@@ -51,13 +53,21 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 def open_sqlite(
-    path: str | os.PathLike[str], synchronous: str, busy_timeout: float, autocheckpoint: int | None = None
+    path: str | os.PathLike[str], synchronous: str, busy_timeout: float, autocheckpoint: int | None = None,
+    readonly: bool = False,
 ) -> SqliteDatabase:
     """Open (creating it owner-only if missing) the SQLite file at ``path`` in WAL mode.
 
     ``autocheckpoint``: the WAL size, in pages, past which a committing
     connection checkpoints by itself (SQLite's ``wal_autocheckpoint``;
     None leaves SQLite's default, 1000).
+
+    ``readonly``: open the existing file read-only (a ``mode=ro`` URI and
+    ``PRAGMA query_only``): it is never created, nor its journal mode changed.
+    A WAL file on a read-only filesystem is opened ``immutable``: no process
+    can be writing it there (a writer must create its ``-wal`` file).
+
+    :raises StoreError: read-only, when there is no file at ``path``.
     """
     path = os.fspath(path)
     if not path or path == ":memory:" or path.startswith("file:"):
@@ -70,6 +80,9 @@ def open_sqlite(
         raise InvalidArgument(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
     if busy_timeout <= 0:
         raise InvalidArgument(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+    if readonly:
+        return SqliteDatabase(_readonly_uri(path), uri=True, timeout=busy_timeout,
+                              pragmas=[("query_only", 1), ("cache_size", -16000)])
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InvalidArgument(f"cannot create database {path!r}: directory {parent!r} does not exist")
@@ -81,6 +94,27 @@ def open_sqlite(
     if autocheckpoint is not None:
         pragmas.append(("wal_autocheckpoint", autocheckpoint))
     return SqliteDatabase(path, pragmas=pragmas, timeout=busy_timeout)
+
+
+def _readonly_uri(path: str) -> str:
+    """The URI that opens ``path`` read-only: ``mode=ro``, or also ``immutable`` where SQLite cannot
+    open its shared memory file (a WAL file on a read-only filesystem)."""
+    if not os.path.isfile(path):
+        raise StoreError(f"no task database at {path!r}: a read-only open never creates one")
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc):
+            return uri  # (another error: the store's own reads report it)
+        return uri + "&immutable=1"
+    except sqlite3.DatabaseError:
+        pass  # not a database: the store's check says so
+    return uri
 
 
 class Store:
@@ -98,6 +132,10 @@ class Store:
         default), or run each write alone, at once, on the calling thread.
     :param clock: the time source of the tasks' times, seconds since the epoch
         (never of the nodes' liveness: that is the database's clock).
+    :param readonly: read, never write: nothing is created, changed or migrated
+        (a SQLite file is opened read-only and must exist), no thread runs, and
+        every write raises :class:`~taskmgr.errors.StoreError`. The database
+        must be a taskmgr database of this version.
 
     The knobs below are read at each use, from the class or the instance.
     """
@@ -138,18 +176,19 @@ class Store:
         history: bool = True,
         group_commit: bool = True,
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         background = False  # checkpoint on a thread of the store's own (see _checkpoint)
         if isinstance(database, Database):
             self.db = database
             self._owns_db = False
         elif isinstance(database, (str, os.PathLike)):
-            probe_file(os.fspath(database), repr(os.fspath(database)))  # before its pragmas change the file
+            if not readonly:
+                probe_file(os.fspath(database), repr(os.fspath(database)))  # before its pragmas change the file
             # At FULL the checkpoint stays in the committing connection: the WAL is already synced there
-            background = group_commit and str(synchronous).upper() in ("NORMAL", "OFF")
-            self.db = open_sqlite(
-                database, synchronous, busy_timeout, self.CHECKPOINT_BACKSTOP if background else None
-            )
+            background = group_commit and not readonly and str(synchronous).upper() in ("NORMAL", "OFF")
+            self.db = open_sqlite(database, synchronous, busy_timeout,
+                                  self.CHECKPOINT_BACKSTOP if background else None, readonly=readonly)
             self._owns_db = True
         else:
             raise InvalidArgument(
@@ -158,15 +197,22 @@ class Store:
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
         self.Task: Any = bound(TaskRecord, self.db)
         self.Node: Any = bound(NodeRecord, self.db)
+        where = repr(os.fspath(database)) if isinstance(database, (str, os.PathLike)) else repr(self.db.database)
         #: the schema version of the database (always the code's, once open)
-        self.schema_version = open_schema(self.db, self.Task, self.Node, repr(self.db.database))
+        self.schema_version = (check_readable(self.db, self.Task, where) if readonly
+                               else open_schema(self.db, self.Task, self.Node, where))
         self._sql = Statements(self.db, self.Task, self.Node, history)
         deferred = DeferredCalls()
         self._checkpointer = Checkpointer(self.db, self) if self._owns_db and background else None
         self._runner = BatchRunner(self._sql, clock, deferred, self,
                                    None if self._checkpointer is None else self._checkpointer.note_commit)
-        self._engine: GroupCommit | SyncCommit = (
-            GroupCommit(self._runner, deferred, self) if group_commit else SyncCommit(self._runner))
+        self._engine: GroupCommit | SyncCommit | ReadOnlyCommit
+        if readonly:
+            self._engine = ReadOnlyCommit(where)
+        elif group_commit:
+            self._engine = GroupCommit(self._runner, deferred, self)
+        else:
+            self._engine = SyncCommit(self._runner)
         self._reads = Reads(self._sql, self.Task, self)
         # the rooms write through write() as looked up at each call: a host or a test may wrap it
         self._history = History(self._sql, self._reads.read, self._write_now, self)
@@ -176,6 +222,11 @@ class Store:
         return self.write(fn, *args)
 
     # ------------------------------------------------------------------ what it is
+    @property
+    def readonly(self) -> bool:
+        """Whether the store was opened read-only (every write raises StoreError)."""
+        return isinstance(self._engine, ReadOnlyCommit)
+
     @property
     def history_enabled(self) -> bool:
         """Whether every status change is recorded in the task's row."""

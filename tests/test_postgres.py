@@ -666,3 +666,19 @@ def test_another_applications_task_table_on_postgresql_is_refused_untouched(pg) 
     with pytest.raises(StoreError, match="is not a taskmgr database: table taskmgr_task lacks the columns graphspace"):
         Store(pg)
     assert sorted(t for t in pg.get_tables() if t.startswith("taskmgr")) == ["taskmgr_task"]
+
+
+def test_a_read_only_store_on_postgresql_makes_nothing_and_writes_nothing(pg) -> None:
+    from taskmgr import StoreError
+
+    with pytest.raises(StoreError, match="is not a taskmgr database: it has no taskmgr_task table"):
+        Store(pg, readonly=True)
+    assert [t for t in pg.get_tables() if t.startswith("taskmgr")] == []
+    Store(pg).close()
+    store = Store(pg, readonly=True)
+    try:
+        assert store.select() == [] and store.threads == []
+        with pytest.raises(StoreError, match="read-only"):
+            store.register_node("n", 0)
+    finally:
+        store.close()
