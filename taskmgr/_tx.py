@@ -320,6 +320,13 @@ class Tx:
         self.writes += 1
         return True
 
+    def owned_ids(self, node: str, status: TaskStatus) -> list[int]:
+        """Ids of the tasks ``node`` owns in ``status``, ascending, read in this transaction."""
+        s, p = self.sql, self.sql.db.param
+        sql = (f"SELECT {s.col('id')} FROM {s.table} WHERE {s.col('status')} = {p} AND {s.col('owner')} = {p} "
+               f"ORDER BY {s.col('id')}")
+        return [r[0] for r in self.read(sql, (status.value, node))]
+
     def disown_pending(self, node: str) -> int:
         """Leave the PENDING tasks that ``node`` owns to any node (their owner becomes NULL);
         returns how many. Their status, time and history do not change."""

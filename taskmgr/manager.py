@@ -272,6 +272,8 @@ class TaskManager:
             self._own_process()
         may_wait = not (PoolExecutor.in_any_worker() or self._store.leading_here())
         self._lifecycle.stop(wait, interrupt, False, may_wait=may_wait)
+        if may_wait and self._lifecycle.state is State.SHUT_DOWN:
+            self._store.close()  # this thread's connection (the stopper closed its own)
 
     def _stop_steps(self, was_running: bool, wait: bool, interrupt: bool, at_exit: bool) -> None:
         """The stop, in order (see :mod:`taskmgr._lifecycle`), on the stopper thread."""

@@ -414,12 +414,12 @@ class Store:
     # ------------------------------------------------------------------ close
     def close(self) -> None:
         """Commit every queued write, stop the store's threads and close this thread's connection
-        (if the store opened the database)."""
-        if self._engine.closed:
-            return
-        self._engine.close()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
+        (if the store opened the database). Called again, from another thread, it closes that
+        thread's connection."""
+        if not self._engine.closed:
+            self._engine.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
         if self._owns_db and not self.db.is_closed():
             self.db.close()
 
