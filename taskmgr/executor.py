@@ -1,8 +1,11 @@
 """Where callables run: an APScheduler 3 thread pool, or inline for tests.
 
-The manager needs four things of an executor: run this now on a worker
-(:meth:`submit`), run this at a given time (:meth:`call_at`), run this every
-few seconds (:meth:`every`), and stop (:meth:`shutdown`).
+:class:`Executor` names everything the manager calls: run this on a worker
+(``submit``, with a reserved worker or a place in line), run this at a time
+or every few seconds (``call_at``, ``every``), stop (``close``, ``join``,
+``shutdown``). :class:`ExecutorBase` gives the optional half its defaults.
+Threads: the manager's callers submit; workers and housekeeping threads are
+the pool's own.
 
 :class:`PoolExecutor` does them with an APScheduler ``BackgroundScheduler``
 and two ``ThreadPoolExecutor``\\ s: one of ``workers`` threads for task
@@ -176,45 +179,19 @@ class ExecutorBase:
 class PoolExecutor(ExecutorBase):
     """An APScheduler ``BackgroundScheduler`` with a pool of ``workers`` threads for tasks.
 
-    Submitted callables wait in a FIFO of the executor's own. The pool runs
-    at most ``workers`` *drain jobs*, each an APScheduler job that takes
-    callables from the FIFO until it has found none for a while: under a
-    stream of tasks a task costs a queue append, not an APScheduler job
-    (whose bookkeeping costs more than a short task).
+    Submitted callables wait in a FIFO of the executor's own; at most
+    ``workers`` *drain jobs* take them from it. An idle drain either *polls*
+    (at most :attr:`POLLERS` of them, every :attr:`POLL` seconds, until
+    :attr:`STREAM_IDLE` passes without work) or *parks* (blocked on a bell
+    until woken, or :attr:`LINGER` passes and it gives its thread back), so a
+    task submitted to a quiet pool starts at once and one submitted in a
+    stream costs its submitter no thread wake-up.
 
-    *Woken when quiet, polled under a stream* (as a network driver switches
-    from interrupts to polling under load). A drain with nothing to do
-    either *polls* (at most :attr:`POLLERS` at a time: it looks at the FIFO
-    every :attr:`POLL` seconds) or is *parked* (blocked until woken, for at
-    most :attr:`LINGER` seconds, after which it gives its thread back). The
-    drain that runs out of work polls if fewer than :attr:`POLLERS` do, and
-    parks once it has polled for :attr:`STREAM_IDLE` seconds without finding
-    any. :meth:`submit` wakes a parked drain (or adds one) only for the
-    callables that no polling drain will take. So a task submitted to a quiet
-    manager starts at once, and one submitted in a stream (less than a
-    millisecond after the previous one finished) waits for the poller's next
-    look, up to :attr:`POLL`, while its submitter wakes no thread. That
-    wake-up (a futex call, and another CPU's return from idle) took the
-    submitting thread 10-15 us per task on the development machine, and the
-    GIL hand-offs around it more. Polling made a stream of no-op tasks 9.5% faster at
-    ``synchronous=NORMAL`` and 6% at FULL (A/B, medians of 5-7 runs); more
-    pollers, or shorter or longer polls, measured no better.
-
-    :meth:`reserve` promises a worker to a call before it exists: the manager
-    reserves one, commits a new task straight to RUNNING, then submits it
-    with ``reserved=True``. A worker is free when the callables running,
-    waiting and reserved together number fewer than ``workers``. A promise is
-    kept: reserved calls wait apart from the others and are taken first, and
-    a drain takes an unreserved call only while a worker would be left for
-    every promise still open (else a long task queued a moment earlier could
-    take the worker, and a task already written RUNNING would wait for it).
-
-    A call may also be queued where it would have been had it been submitted
-    earlier: :meth:`mark` names the FIFO's end at one moment, and
-    :meth:`submit_from` puts a call there, ahead of every call submitted
-    since. The manager uses it for a task that it first tried to start by
-    later commits (see "Who runs a task" in :mod:`taskmgr.manager`): when the
-    tries end, the task takes its place in line, not the last one.
+    :meth:`reserve` promises a worker to a call before it exists (the manager
+    commits a task straight to RUNNING on it); reserved calls are taken first,
+    and an unreserved one only while a worker is left for every open promise.
+    :meth:`mark` and :meth:`submit_from` put a call back in the place it would
+    have had in line. ``_pool_lock`` guards the FIFO and every counter.
     """
 
     synchronous = False
@@ -246,8 +223,8 @@ class PoolExecutor(ExecutorBase):
         self._polling = 0  # of those, how many poll the FIFO
         self._busy = 0  # callables running
         self._reserved = 0  # workers promised to calls not yet submitted
-        self._lock = threading.Lock()  # guards all of the above and the closed flag
-        self._idle = threading.Condition(self._lock)  # notified as callables return once closed
+        self._pool_lock = threading.Lock()  # guards the FIFO, the counters above and the closed flag
+        self._idle = threading.Condition(self._pool_lock)  # notified as callables return once closed
         self._closed = False
         self._timers_off = False  # set by shutdown(): no job is added from then on (see _add_job)
         self._scheduler = BackgroundScheduler(
@@ -267,7 +244,7 @@ class PoolExecutor(ExecutorBase):
         """Hold up to ``n`` free workers (see the class docs). ``ahead_of_queue``: for calls that
         were in line before every call now waiting unreserved in the FIFO, which then does not
         count against them."""
-        with self._lock:
+        with self._pool_lock:
             if self._closed:
                 return 0
             waiting = len(self._promised) if ahead_of_queue else self.queued
@@ -276,13 +253,13 @@ class PoolExecutor(ExecutorBase):
             return k
 
     def release(self, n: int) -> None:
-        with self._lock:
+        with self._pool_lock:
             self._reserved -= n
             if not self._closed:
                 self._cover()  # calls waiting for a worker that was promised may now take it
 
     def submit(self, fn: Callable[[], None], reserved: bool = False) -> None:
-        with self._lock:
+        with self._pool_lock:
             if reserved:
                 self._reserved -= 1
             if self._closed:
@@ -301,7 +278,7 @@ class PoolExecutor(ExecutorBase):
     def submit_from(self, fn: Callable[[], None], mark: int) -> None:
         """:meth:`submit` ``fn`` (unreserved) into the FIFO where it would be had it been submitted
         at ``mark``: ahead of the calls submitted since that are still waiting."""
-        with self._lock:
+        with self._pool_lock:
             if self._closed:
                 return
             # the line is in order of place (each call put back goes where its place is), so the
@@ -346,20 +323,20 @@ class PoolExecutor(ExecutorBase):
             short -= 1
 
     def _add_job(self, fn: Callable[[], None], **kwargs: object) -> None:
-        """Add an APScheduler job; the caller holds ``self._lock``.
+        """Add an APScheduler job; the caller holds ``self._pool_lock``.
 
         Holding it is what makes shutdown safe: APScheduler's shutdown keeps
         its job-store lock while it waits for running jobs, so a job (or the
         thread committing for one) that called ``add_job`` then would wait on
         that lock forever. :meth:`shutdown` marks the executor closed (no
-        drain job) and its timers off (no timed call) under ``self._lock``
+        drain job) and its timers off (no timed call) under ``self._pool_lock``
         first, so no job is added once it has begun.
         """
         self._scheduler.add_job(fn, **kwargs)
 
     def _drain(self) -> None:
         """Run callables from the FIFO; in between, poll or park (see the class docs)."""
-        lock, ready, clock, sleep = self._lock, self._ready, time.monotonic, time.sleep
+        lock, ready, clock, sleep = self._pool_lock, self._ready, time.monotonic, time.sleep
         polled_since = 0.0  # when this drain started polling without finding work (0: not polling)
         _DRAIN.executor = self
         with lock:
@@ -426,7 +403,7 @@ class PoolExecutor(ExecutorBase):
 
     def call_at(self, when: float, fn: Callable[[], None]) -> None:
         run_date = _dt.datetime.fromtimestamp(when, tz=_UTC)
-        with self._lock:
+        with self._pool_lock:
             # dropped once shutdown() began (a timed task's wake-up: its task was handed back), not
             # after close() alone: the node's poll goes on while its last callables run
             if not self._timers_off:
@@ -447,7 +424,7 @@ class PoolExecutor(ExecutorBase):
     def close(self) -> None:
         """Stop taking callables from the FIFO; those left in it are dropped (the manager hands
         their tasks back). Running callables go on; the scheduler too (see :meth:`join`)."""
-        with self._lock:
+        with self._pool_lock:
             self._closed = True
             self._ready.clear()
             self._promised.clear()
@@ -473,7 +450,7 @@ class PoolExecutor(ExecutorBase):
         """Stop taking callables from the FIFO (those left in it are dropped: the manager
         restores their tasks at its next start) and stop the scheduler."""
         self.close()
-        with self._lock:
+        with self._pool_lock:
             self._timers_off = True
         was_running = self._scheduler.running
         if was_running:
@@ -488,7 +465,7 @@ class PoolExecutor(ExecutorBase):
         if wait or not was_running:
             # every drain job handed to the pool has run; one added but never handed over (the
             # scheduler was paused first, or never started) never will: stop counting it
-            with self._lock:
+            with self._pool_lock:
                 self._draining -= self._starting
                 self._starting = 0
 
