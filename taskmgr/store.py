@@ -50,6 +50,19 @@ __all__ = ["Store", "Tx", "TaskRecord", "NodeRecord", "NOBODY", "held", "now_ms"
 T = TypeVar("T")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: the longest busy timeout, in seconds: SQLite keeps it in a C int of milliseconds
+_MAX_BUSY_TIMEOUT = 2_147_483
+
+
+def _check_busy_timeout(value: Any) -> float:
+    """``value`` as seconds to wait for another connection's write lock.
+
+    :raises InvalidArgument: unless it is a positive, finite number of seconds, at most 24 days.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_BUSY_TIMEOUT:
+        raise InvalidArgument(f"busy_timeout must be a positive, finite number of seconds (at most "
+                              f"{_MAX_BUSY_TIMEOUT}), got {value!r}")
+    return float(value)
 
 
 def open_sqlite(
@@ -78,8 +91,7 @@ def open_sqlite(
     sync = str(synchronous).upper()
     if sync not in _SYNCHRONOUS:
         raise InvalidArgument(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
-    if busy_timeout <= 0:
-        raise InvalidArgument(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+    busy_timeout = _check_busy_timeout(busy_timeout)
     if readonly:
         return SqliteDatabase(_readonly_uri(path), uri=True, timeout=busy_timeout,
                               pragmas=[("query_only", 1), ("cache_size", -16000)])
@@ -126,7 +138,8 @@ class Store:
     :param synchronous: SQLite's ``synchronous`` for a path: ``"FULL"`` (the
         default: a commit survives power loss) or ``"NORMAL"`` (survives a
         crash of the process, may lose the last commits on power loss).
-    :param busy_timeout: seconds a connection waits for another's write lock.
+    :param busy_timeout: seconds a connection waits for another's write lock; a
+        write still blocked after about that long fails with StoreError.
     :param history: record every status change (in each task's row).
     :param group_commit: share transactions between concurrent writers (the
         default), or run each write alone, at once, on the calling thread.
@@ -140,7 +153,7 @@ class Store:
     The knobs below are read at each use, from the class or the instance.
     """
 
-    #: how many times a batch is retried when the database stays locked
+    #: how many times a batch is retried on a lock error (within busy_timeout), or a deadlock
     LOCK_RETRIES = 3
     #: most operations in one transaction
     MAX_BATCH = 2048
@@ -178,6 +191,7 @@ class Store:
         clock: Callable[[], float] = time.time,
         readonly: bool = False,
     ) -> None:
+        busy_timeout = _check_busy_timeout(busy_timeout)  # before anything is opened
         background = False  # checkpoint on a thread of the store's own (see _checkpoint)
         if isinstance(database, Database):
             self.db = database
@@ -204,7 +218,7 @@ class Store:
         self._sql = Statements(self.db, self.Task, self.Node, history)
         deferred = DeferredCalls()
         self._checkpointer = Checkpointer(self.db, self) if self._owns_db and background else None
-        self._runner = BatchRunner(self._sql, clock, deferred, self,
+        self._runner = BatchRunner(self._sql, clock, deferred, self, busy_timeout,
                                    None if self._checkpointer is None else self._checkpointer.note_commit)
         self._engine: GroupCommit | SyncCommit | ReadOnlyCommit
         if readonly:
