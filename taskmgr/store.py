@@ -80,7 +80,10 @@ def open_sqlite(
     A WAL file on a read-only filesystem is opened ``immutable``: no process
     can be writing it there (a writer must create its ``-wal`` file).
 
-    :raises StoreError: read-only, when there is no file at ``path``.
+    An existing file is first checked, on a connection that changes nothing.
+
+    :raises StoreError: read-only, when there is no file at ``path``; when the file is not a
+        SQLite database, or holds another application's tables by taskmgr's names.
     """
     path = os.fspath(path)
     if not path or path == ":memory:" or path.startswith("file:"):
@@ -98,6 +101,7 @@ def open_sqlite(
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InvalidArgument(f"cannot create database {path!r}: directory {parent!r} does not exist")
+    probe_file(path, repr(path), busy_timeout)  # before the pragmas below change the file (WAL)
     try:  # create owner-only; SQLite gives the -wal and -shm files the same mode
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
@@ -197,8 +201,6 @@ class Store:
             self.db = database
             self._owns_db = False
         elif isinstance(database, (str, os.PathLike)):
-            if not readonly:
-                probe_file(os.fspath(database), repr(os.fspath(database)))  # before its pragmas change the file
             # At FULL the checkpoint stays in the committing connection: the WAL is already synced there
             background = group_commit and not readonly and str(synchronous).upper() in ("NORMAL", "OFF")
             self.db = open_sqlite(database, synchronous, busy_timeout,
