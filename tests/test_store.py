@@ -377,17 +377,16 @@ def _interrupt_after(monkeypatch, statement: str) -> None:
     (where Python delivers a Ctrl-C: after the call, before the next line)."""
     from taskmgr.store import Tx
 
-    real = Tx._exec
+    real = Tx.control
     armed = [True]
 
-    def _exec(self, sql, params=()):
-        out = real(self, sql, params)
+    def control(self, sql):
+        real(self, sql)
         if sql == statement and armed[0]:
             armed[0] = False
             raise KeyboardInterrupt
-        return out
 
-    monkeypatch.setattr(Tx, "_exec", _exec)
+    monkeypatch.setattr(Tx, "control", control)
 
 
 def test_an_interrupt_as_the_commit_returns_reports_the_batch_as_committed(slow_flusher_store, monkeypatch) -> None:
@@ -528,15 +527,15 @@ def test_a_quick_busy_error_is_still_retried(store: Store, monkeypatch, caplog) 
     """SQLite may answer SQLITE_BUSY at once, without waiting for the busy timeout: tried again."""
     from taskmgr.store import Tx
 
-    real = Tx._exec
+    real = Tx.control
     failures = [1]
 
-    def _exec(self, sql, params=()):
+    def control(self, sql):
         if sql == "BEGIN IMMEDIATE" and failures:
             failures.pop()
             raise sqlite3.OperationalError("database is locked")
-        return real(self, sql, params)
+        real(self, sql)
 
-    monkeypatch.setattr(Tx, "_exec", _exec)
+    monkeypatch.setattr(Tx, "control", control)
     assert _insert(store) == 1
     assert "retrying" in caplog.text
