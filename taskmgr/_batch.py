@@ -12,8 +12,11 @@ Invariants:
   to refuse only before it writes; breaking the promise costs the batch a
   second run, with the savepoint. Any other exception rolls the batch back and
   its operations are replayed one by one, so only the guilty one fails.
-- A database that stays locked is retried a bounded number of times, then
-  reported as :class:`~taskmgr.errors.StoreError`; nothing was written.
+- A lock error is retried while the batch's first attempt began less than
+  ``busy_timeout`` ago (a quick SQLITE_BUSY is tried again; a write blocked
+  by another process's lock fails after about one busy timeout), a deadlock
+  PostgreSQL broke a bounded number of times; then it is reported as
+  :class:`~taskmgr.errors.StoreError`: nothing was written.
 - An interrupt tells the truth: before the ``COMMIT`` went through every
   operation fails; once it went through every one is told it committed.
 - Deferred calls run just before the ``COMMIT``; listeners hear the changes
@@ -26,6 +29,7 @@ the synchronous mode's lock.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,11 +91,12 @@ class BatchRunner:
     ``LOCK_RETRIES`` is read at each use (the store)."""
 
     def __init__(self, sql: Statements, clock: Callable[[], float], deferred: Any, tuning: Any,
-                 on_commit: Callable[[], None] | None) -> None:
+                 busy_timeout: float, on_commit: Callable[[], None] | None) -> None:
         self._sql = sql
         self._clock = clock
         self._deferred = deferred  # DeferredCalls: run just before each COMMIT
         self._tuning = tuning
+        self._busy_timeout = busy_timeout
         self._on_commit = on_commit  # told of each commit (the checkpointer counts them)
         self.listeners: list[Listener] = []
 
@@ -103,6 +108,7 @@ class BatchRunner:
     def run(self, batch: list[Op]) -> None:
         """Run ``batch`` in one transaction and resolve each operation."""
         attempt = 0
+        began = time.monotonic()
         # the attempt under way, (tx, outcomes) as its operations run: what an interrupt finds (below)
         box: list[tuple[Tx, list[tuple[bool, Any]]]] = []
         try:
@@ -117,11 +123,12 @@ class BatchRunner:
                     if not _lock_error(exc):
                         return self._split_or_fail(batch, exc)
                     attempt += 1
-                    if attempt <= self._tuning.LOCK_RETRIES:
+                    waited = time.monotonic() - began
+                    if attempt <= self._tuning.LOCK_RETRIES and (_deadlock(exc) or waited < self._busy_timeout):
                         log.warning("task store %s, retrying (%d/%d)", _lock_kind(exc), attempt,
                                     self._tuning.LOCK_RETRIES)
                         continue
-                    return _fail(batch, self._lock_failure(exc))
+                    return _fail(batch, self._lock_failure(exc, attempt))
                 except Exception as exc:  # a database error or a bug: find the guilty operation
                     return self._split_or_fail(batch, exc)
             tx, outcomes = box[0]
@@ -145,14 +152,13 @@ class BatchRunner:
                         op.resolve(ok, value)
             raise
 
-    def _lock_failure(self, exc: BaseException) -> StoreError:
-        tries = self._tuning.LOCK_RETRIES + 1
-        if "deadlock detected" in str(exc):
+    def _lock_failure(self, exc: BaseException, tries: int) -> StoreError:
+        if _deadlock(exc):
             err = StoreError(f"the task database aborted the write as a deadlock {tries} times in a row (row "
                              "locks taken in opposite orders by another node); nothing was written")
         else:
-            err = StoreError("the task database stayed locked: another connection held the write lock "
-                             f"through {tries} busy timeouts; nothing was written")
+            err = StoreError("the task database stayed locked: another connection held the write lock past "
+                             f"busy_timeout ({self._busy_timeout:g} s); nothing was written")
         err.__cause__ = exc
         return err
 
@@ -235,8 +241,12 @@ def _lock_error(exc: BaseException) -> bool:
     return "deadlock detected" in text or "locked" in text or "busy" in text
 
 
+def _deadlock(exc: BaseException) -> bool:
+    return "deadlock detected" in str(exc)
+
+
 def _lock_kind(exc: BaseException) -> str:
-    return "deadlocked with another transaction" if "deadlock detected" in str(exc) else "locked"
+    return "deadlocked with another transaction" if _deadlock(exc) else "locked"
 
 
 def _fail(batch: list[Op], err: BaseException) -> None:

@@ -90,7 +90,7 @@ def _unreadable(exc: BaseException, where: str) -> StoreError:
     return StoreError(f"cannot open the task store at {where}: {exc}")
 
 
-def probe_file(path: str, where: str) -> bool:
+def probe_file(path: str, where: str, busy_timeout: float = 5.0) -> bool:
     """Check an existing SQLite file before the store opens it (and its pragmas switch it to WAL):
     on a connection that changes nothing. Returns whether the file holds anything.
 
@@ -98,7 +98,8 @@ def probe_file(path: str, where: str) -> bool:
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return False
-    probe = peewee.SqliteDatabase(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True)
+    probe = peewee.SqliteDatabase(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True,
+                                  timeout=busy_timeout)
     try:
         check_ours(probe, where)
         return True

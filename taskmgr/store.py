@@ -11,7 +11,7 @@
 - ``_checkpoint``: the background WAL checkpointer;
 - ``_reads``: tasks by id, the planner of lists, the manager's named queries;
 - ``_history``: each task's status changes in its row, read and pruned;
-- ``_nodes``: the registry of nodes, alive by a lease on the database's clock.
+- ``_leases``: the registry of nodes, alive by a lease on the database's clock.
 
 Guarantees: a caller of :meth:`Store.write` never hears "done" before its
 change is durable; every status change is a compare-and-set recorded in the
@@ -35,7 +35,7 @@ from ._checkpoint import Checkpointer
 from ._commit import DeferredCalls, GroupCommit, ReadOnlyCommit, SyncCommit
 from ._history import History
 from ._models import NodeRecord, TaskRecord, bound, now_ms
-from ._nodes import NodeRegistry, lease_ms, process_identity
+from ._leases import NodeRegistry, lease_ms, process_identity
 from ._reads import Reads
 from ._schema import check_readable, open_schema, probe_file
 from ._sql import Statements
@@ -50,6 +50,19 @@ __all__ = ["Store", "Tx", "TaskRecord", "NodeRecord", "NOBODY", "held", "now_ms"
 T = TypeVar("T")
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: the longest busy timeout, in seconds: SQLite keeps it in a C int of milliseconds
+_MAX_BUSY_TIMEOUT = 2_147_483
+
+
+def _check_busy_timeout(value: Any) -> float:
+    """``value`` as seconds to wait for another connection's write lock.
+
+    :raises InvalidArgument: unless it is a positive, finite number of seconds, at most 24 days.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_BUSY_TIMEOUT:
+        raise InvalidArgument(f"busy_timeout must be a positive, finite number of seconds (at most "
+                              f"{_MAX_BUSY_TIMEOUT}), got {value!r}")
+    return float(value)
 
 
 def open_sqlite(
@@ -67,7 +80,10 @@ def open_sqlite(
     A WAL file on a read-only filesystem is opened ``immutable``: no process
     can be writing it there (a writer must create its ``-wal`` file).
 
-    :raises StoreError: read-only, when there is no file at ``path``.
+    An existing file is first checked, on a connection that changes nothing.
+
+    :raises StoreError: read-only, when there is no file at ``path``; when the file is not a
+        SQLite database, or holds another application's tables by taskmgr's names.
     """
     path = os.fspath(path)
     if not path or path == ":memory:" or path.startswith("file:"):
@@ -78,14 +94,14 @@ def open_sqlite(
     sync = str(synchronous).upper()
     if sync not in _SYNCHRONOUS:
         raise InvalidArgument(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}")
-    if busy_timeout <= 0:
-        raise InvalidArgument(f"busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
+    busy_timeout = _check_busy_timeout(busy_timeout)
     if readonly:
         return SqliteDatabase(_readonly_uri(path), uri=True, timeout=busy_timeout,
                               pragmas=[("query_only", 1), ("cache_size", -16000)])
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InvalidArgument(f"cannot create database {path!r}: directory {parent!r} does not exist")
+    probe_file(path, repr(path), busy_timeout)  # before the pragmas below change the file (WAL)
     try:  # create owner-only; SQLite gives the -wal and -shm files the same mode
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
@@ -126,7 +142,8 @@ class Store:
     :param synchronous: SQLite's ``synchronous`` for a path: ``"FULL"`` (the
         default: a commit survives power loss) or ``"NORMAL"`` (survives a
         crash of the process, may lose the last commits on power loss).
-    :param busy_timeout: seconds a connection waits for another's write lock.
+    :param busy_timeout: seconds a connection waits for another's write lock; a
+        write still blocked after about that long fails with StoreError.
     :param history: record every status change (in each task's row).
     :param group_commit: share transactions between concurrent writers (the
         default), or run each write alone, at once, on the calling thread.
@@ -140,7 +157,7 @@ class Store:
     The knobs below are read at each use, from the class or the instance.
     """
 
-    #: how many times a batch is retried when the database stays locked
+    #: how many times a batch is retried on a lock error (within busy_timeout), or a deadlock
     LOCK_RETRIES = 3
     #: most operations in one transaction
     MAX_BATCH = 2048
@@ -178,13 +195,12 @@ class Store:
         clock: Callable[[], float] = time.time,
         readonly: bool = False,
     ) -> None:
+        busy_timeout = _check_busy_timeout(busy_timeout)  # before anything is opened
         background = False  # checkpoint on a thread of the store's own (see _checkpoint)
         if isinstance(database, Database):
             self.db = database
             self._owns_db = False
         elif isinstance(database, (str, os.PathLike)):
-            if not readonly:
-                probe_file(os.fspath(database), repr(os.fspath(database)))  # before its pragmas change the file
             # At FULL the checkpoint stays in the committing connection: the WAL is already synced there
             background = group_commit and not readonly and str(synchronous).upper() in ("NORMAL", "OFF")
             self.db = open_sqlite(database, synchronous, busy_timeout,
@@ -204,7 +220,7 @@ class Store:
         self._sql = Statements(self.db, self.Task, self.Node, history)
         deferred = DeferredCalls()
         self._checkpointer = Checkpointer(self.db, self) if self._owns_db and background else None
-        self._runner = BatchRunner(self._sql, clock, deferred, self,
+        self._runner = BatchRunner(self._sql, clock, deferred, self, busy_timeout,
                                    None if self._checkpointer is None else self._checkpointer.note_commit)
         self._engine: GroupCommit | SyncCommit | ReadOnlyCommit
         if readonly:
@@ -216,7 +232,7 @@ class Store:
         self._reads = Reads(self._sql, self.Task, self)
         # the rooms write through write() as looked up at each call: a host or a test may wrap it
         self._history = History(self._sql, self._reads.read, self._write_now, self)
-        self._nodes = NodeRegistry(self.db, self.Node, self._reads.read, self._write_now, self.is_sqlite)
+        self._leases = NodeRegistry(self.db, self.Node, self._reads.read, self._write_now, self.is_sqlite)
 
     def _write_now(self, fn: Callable[..., T], *args: Any) -> T:
         return self.write(fn, *args)
@@ -388,15 +404,15 @@ class Store:
 
         :raises InvalidArgument: when ``lease`` is not a positive, finite number of seconds.
         """
-        self._nodes.register(node, started, lease, identity)
+        self._leases.register(node, started, lease, identity)
 
     def heartbeat(self, node: str) -> bool:
         """Renew ``node``'s lease (by the database's clock); False when it is not registered (any more)."""
-        return self._nodes.heartbeat(node)
+        return self._leases.heartbeat(node)
 
     def remove_node(self, node: str) -> None:
         """Forget ``node`` (it shut down)."""
-        self._nodes.remove(node)
+        self._leases.remove(node)
 
     def reap_nodes(self, timeout_ms: int | None = None) -> tuple[set[str], list[str]]:
         """Sort the registered nodes into the living and the dead, and forget the dead.
@@ -409,7 +425,7 @@ class Store:
         removed.
         """
         fallback = lease_ms(self.DEFAULT_LEASE) if timeout_ms is None else int(timeout_ms)
-        return self._nodes.reap(fallback)
+        return self._leases.reap(fallback)
 
     # ------------------------------------------------------------------ close
     def close(self) -> None:

@@ -377,17 +377,16 @@ def _interrupt_after(monkeypatch, statement: str) -> None:
     (where Python delivers a Ctrl-C: after the call, before the next line)."""
     from taskmgr.store import Tx
 
-    real = Tx._exec
+    real = Tx.control
     armed = [True]
 
-    def _exec(self, sql, params=()):
-        out = real(self, sql, params)
+    def control(self, sql):
+        real(self, sql)
         if sql == statement and armed[0]:
             armed[0] = False
             raise KeyboardInterrupt
-        return out
 
-    monkeypatch.setattr(Tx, "_exec", _exec)
+    monkeypatch.setattr(Tx, "control", control)
 
 
 def test_an_interrupt_as_the_commit_returns_reports_the_batch_as_committed(slow_flusher_store, monkeypatch) -> None:
@@ -473,3 +472,70 @@ def check_fenced_writes(store: Store) -> None:
 
 def test_writes_fenced_by_the_owner_change_only_the_owners_row(store: Store) -> None:
     check_fenced_writes(store)
+
+
+# ------------------------------------------------------------------ the busy timeout
+@pytest.mark.parametrize("bad", ["5", float("inf"), float("nan"), True, False, -1, 0, -0.5, None, 10**12])
+def test_a_bad_busy_timeout_is_refused_before_anything_is_opened(tmp_path, bad) -> None:
+    from taskmgr import InvalidArgument
+
+    path = tmp_path / "never.db"
+    with pytest.raises(InvalidArgument, match="busy_timeout must be a positive, finite number of seconds.*"
+                                              + re.escape(repr(bad))):
+        Store(str(path), busy_timeout=bad)
+    assert not path.exists()
+
+
+_HOLD = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+con.execute("ROLLBACK")
+"""
+
+
+def test_a_write_blocked_by_another_process_fails_within_about_one_busy_timeout(tmp_path) -> None:
+    """Another process holds the write lock: the write fails with StoreError after one busy_timeout
+    (it used to retry through four of them: 40 s at the REST server's 10 s)."""
+    import subprocess
+    import sys
+
+    from taskmgr import StoreError
+
+    path = str(tmp_path / "locked.db")
+    store = Store(path, busy_timeout=0.5)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(StoreError, match=r"stayed locked: another connection held the write lock past "
+                                             r"busy_timeout \(0.5 s\); nothing was written"):
+            store.write(lambda tx: tx.insert(dict(ROW)))
+        took = time.monotonic() - t0
+        assert 0.45 <= took < 0.9, took  # about one busy_timeout, not four
+    finally:
+        holder.stdin.close()
+        holder.wait(WAIT)
+    assert _insert(store) == 1  # the lock is gone: writes go on
+    store.close()
+
+
+def test_a_quick_busy_error_is_still_retried(store: Store, monkeypatch, caplog) -> None:
+    """SQLite may answer SQLITE_BUSY at once, without waiting for the busy timeout: tried again."""
+    from taskmgr.store import Tx
+
+    real = Tx.control
+    failures = [1]
+
+    def control(self, sql):
+        if sql == "BEGIN IMMEDIATE" and failures:
+            failures.pop()
+            raise sqlite3.OperationalError("database is locked")
+        real(self, sql)
+
+    monkeypatch.setattr(Tx, "control", control)
+    assert _insert(store) == 1
+    assert "retrying" in caplog.text
