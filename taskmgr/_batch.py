@@ -129,12 +129,12 @@ class BatchRunner:
                                     self._tuning.LOCK_RETRIES)
                         continue
                     return _fail(batch, self._lock_failure(exc, attempt))
-                except Exception as exc:  # a database error or a bug: find the guilty operation
+                except Exception as exc:  # noqa: BLE001 - a database error or a bug: find the guilty operation
                     return self._split_or_fail(batch, exc)
             tx, outcomes = box[0]
             if self._on_commit is not None:
                 self._on_commit()
-            for op, (ok, value) in zip(batch, outcomes):
+            for op, (ok, value) in zip(batch, outcomes, strict=True):
                 op.resolve(ok, value)
             if tx.changes:
                 for listener in self.listeners:
@@ -147,7 +147,7 @@ class BatchRunner:
             # through, as it returned or while the batch was being resolved: every operation is
             # told its outcome, as committed, before the interrupt goes on.
             if box and box[0][0].committed():
-                for op, (ok, value) in zip(batch, box[0][1]):
+                for op, (ok, value) in zip(batch, box[0][1], strict=False):
                     if op.ok is None:
                         op.resolve(ok, value)
             raise

@@ -82,7 +82,7 @@ class SyncCommit:
         op = Op(fn, args, savepoint)
         with self._run_lock:
             self._runner.run([op])
-        return op.result()  # type: ignore[no-any-return]
+        return op.result()
 
     def write_async(self, fn: Callable[..., Any], args: tuple[Any, ...], savepoint: bool,
                     callback: Callable[[bool, Any], None] | None) -> None:
@@ -174,7 +174,7 @@ class GroupCommit:
         me = threading.get_ident()
         if self._leader == me:  # a callback of the batch just committed writes again
             self._runner.run([op])
-            return op.result()  # type: ignore[no-any-return]
+            return op.result()
         with self._queue_lock:
             self._queue.append(op)
             self._waiting += 1
@@ -189,7 +189,7 @@ class GroupCommit:
             wait.acquire()  # released by the leader once the batch is over
         else:
             self._lead(batch)
-        return op.result()  # type: ignore[no-any-return]
+        return op.result()
 
     def write_async(self, fn: Callable[..., Any], args: tuple[Any, ...], savepoint: bool,
                     callback: Callable[[bool, Any], None] | None) -> None:
@@ -315,7 +315,7 @@ class GroupCommit:
             due_deferred = left <= 0 or self.closed
             if due_deferred:  # no commit came for it: the stream is over, look often again
                 linger = t.LINGER
-            pause = min(pause, max(left, 0.0))  # type: ignore[type-var]
+            pause = min(pause, max(left, 0.0))
         if self._queue or calls:
             quiet_since = now
         elif self.closed:

@@ -156,7 +156,7 @@ def _at_exit() -> None:
             continue
         try:
             stop()
-        except Exception:  # noqa: BLE001 - one manager's failure must not keep the others running
+        except Exception:
             log.exception("could not stop a task manager node at interpreter exit")
 
 

@@ -197,5 +197,5 @@ class Node:
         for step in (self._runner.flush_progress, self._runner.poll_cancels, lambda: self.heartbeat(False)):
             try:
                 step()
-            except Exception:  # noqa: BLE001 - the next round tries again
+            except Exception:
                 log.exception("housekeeping of node %s while it shuts down failed", self.name)

@@ -68,7 +68,7 @@ def damaged_task(found: Sequence[Any]) -> Task:
     field of the contract's type (a wrong integer reads 0, a BLOB where text belongs is decoded)."""
     values: dict[str, Any] = {}
     why: list[str] = []
-    for name, value in zip(TASK_FIELDS, found):
+    for name, value in zip(TASK_FIELDS, found, strict=True):
         if name == "status":
             if BY_TEXT.get(value) is None:
                 why.append(f"stored status {value!r} is not valid")
@@ -272,7 +272,7 @@ class Reads:
             q = q.limit(limit)
         sql, params = q.sql()
         names = self._sql.row_names
-        return [dict(zip(names, row)) for row in self._sql.db.execute_sql(sql, params)]
+        return [dict(zip(names, row, strict=True)) for row in self._sql.db.execute_sql(sql, params)]
 
     # ------------------------------------------------------------------ named queries
     def owned_ids(self, node: str, status: TaskStatus) -> list[int]:
@@ -323,7 +323,7 @@ class Reads:
             return []
         params = (TaskStatus.NEW.value, TaskStatus.RESTORING.value, *types, limit)
         names = self._sql.row_names
-        return [dict(zip(names, row)) for row in self.read(self._claimable_sql(len(types)), params)]
+        return [dict(zip(names, row, strict=True)) for row in self.read(self._claimable_sql(len(types)), params)]
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def _claimable_sql(self, n_types: int) -> str:

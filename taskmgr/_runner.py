@@ -91,7 +91,8 @@ class Runner:
         return ctx
 
     def _cannot_run(self, row: dict[str, Any], exc: BaseException) -> moves.Outcome:
-        progress = row.get("progress") if isinstance(row.get("progress"), int) else 0
+        stored = row.get("progress")
+        progress = stored if isinstance(stored, int) else 0
         if isinstance(exc, KeyError):  # its type is not registered here (any more): for a node that has it
             log.warning("task %s of type %r cannot run on node %s, which does not register it: handed back",
                         row.get("id"), row.get("type"), self._node)

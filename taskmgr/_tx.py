@@ -17,6 +17,7 @@ lists the ``(task_id, from, to)`` of every move, for the commit's listeners.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -129,7 +130,7 @@ class Tx:
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read statement in the transaction (not counted as a write)."""
-        return self._exec(sql, params).fetchall()  # type: ignore[no-any-return]
+        return self._exec(sql, params).fetchall()
 
     def control(self, statement: str) -> None:
         """Run a statement that drives the transaction itself (``BEGIN``, ``SAVEPOINT``,
@@ -152,7 +153,7 @@ class Tx:
         if lock and not self.sql.is_sqlite:
             sql += " FOR UPDATE SKIP LOCKED"
         found = self._exec(sql, (task_id,)).fetchone()
-        return None if found is None else dict(zip(self.sql.row_names, found))
+        return None if found is None else dict(zip(self.sql.row_names, found, strict=True))
 
     def rows(self, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """The stored rows of ``task_ids`` that exist, by id, read by one statement per 500 ids
@@ -162,7 +163,7 @@ class Tx:
             chunk = task_ids[i : i + 500]
             marks = ", ".join([s.db.param] * len(chunk))
             for values in self._exec(f"{s.rows_by_id} IN ({marks})", tuple(chunk)).fetchall():
-                row = dict(zip(s.row_names, values))
+                row = dict(zip(s.row_names, values, strict=True))
                 found[row["id"]] = row
         return found
 
@@ -246,7 +247,7 @@ class Tx:
 
         :raises InvalidTransition: at the first step the table does not allow.
         """
-        steps = list(zip(path, path[1:]))
+        steps = list(itertools.pairwise(path))
         if not steps:
             raise ValueError("a path has at least two statuses")
         for frm, to in steps:
@@ -266,7 +267,7 @@ class Tx:
         if not can_move(frm, to):
             raise InvalidTransition(task_id, frm, to)
         found = self._cas(task_id, frm, to, fields, s.returning_row, held_by=held_by)
-        return None if found is None else dict(zip(s.row_names, found))
+        return None if found is None else dict(zip(s.row_names, found, strict=True))
 
     def move_from_stored(self, task_id: int, stored: Any, to: TaskStatus, **fields: Any) -> bool:
         """Move a row whose stored status is not one of the twelve (a damaged record) to ``to``.

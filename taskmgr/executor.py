@@ -53,7 +53,7 @@ __all__ = ["Executor", "ExecutorBase", "PoolExecutor", "InlineExecutor", "Manual
 
 log = logging.getLogger(__name__)
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 _TASKS = "taskmgr-tasks"
 _HOUSEKEEPING = "taskmgr-housekeeping"
 
@@ -368,7 +368,7 @@ class PoolExecutor(ExecutorBase):
             if fn is not None:
                 try:
                     fn()
-                except BaseException:  # noqa: BLE001 - the manager's job catches a task's errors: a bug,
+                except BaseException:
                     # but one that must not end the drain (it would hold its place in the pool for good)
                     log.exception("a task job raised")
                 finally:

@@ -35,7 +35,8 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, List as _List, Literal, TypeVar, overload  # noqa: UP035 - TaskManager.list shadows list
+from typing import Any, Literal, TypeVar, overload
+from typing import List as _List  # noqa: UP035 - TaskManager.list shadows list
 
 from peewee import Database
 
@@ -152,7 +153,7 @@ class TaskManager:
             return PoolExecutor(self._workers)
         if choice == "inline":
             return InlineExecutor()
-        if isinstance(choice, str) or not isinstance(choice, ExecutorBase):
+        if not isinstance(choice, ExecutorBase):
             raise InvalidArgument(
                 f"executor must be 'pool', 'inline' or an instance of a taskmgr.executor.ExecutorBase subclass "
                 f"(it gives the optional methods their defaults), got {choice!r}")
@@ -334,7 +335,9 @@ class TaskManager:
         parent_node = self.node
         _ABANDONED.append(self._store)  # the parent's connections and threads: never touched here
         if isinstance(self._database, Database):
-            self._database._state.reset()  # the forking thread's copy of the parent's connection
+            # the forking thread's copy of the parent's connection, dropped unclosed (peewee keeps it
+            # in the database's thread-local state)
+            self._database._state.reset()  # type: ignore[attr-defined]
         if isinstance(self._executor_choice, str):
             self._executor = self._make_executor()
         self._store = self._open_store()

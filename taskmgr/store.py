@@ -34,8 +34,8 @@ from ._batch import BatchRunner, Listener
 from ._checkpoint import Checkpointer
 from ._commit import DeferredCalls, GroupCommit, ReadOnlyCommit, SyncCommit
 from ._history import History
-from ._models import NodeRecord, TaskRecord, bound, now_ms
 from ._leases import NodeRegistry, lease_ms, process_identity
+from ._models import NodeRecord, TaskRecord, bound, now_ms
 from ._reads import Reads
 from ._schema import check_readable, open_schema, probe_file
 from ._sql import Statements

@@ -68,8 +68,8 @@ def rooms(manager: TaskManager) -> Rooms:
     public methods and properties are its documented interface, its underscored names are not.
     Not a stable API for hosts.
     """
-    return Rooms(manager._store, manager._executor, manager._lifecycle, manager._runner,  # noqa: SLF001
-                 manager._dispatcher, manager._node, manager._waiters)  # noqa: SLF001
+    return Rooms(manager._store, manager._executor, manager._lifecycle, manager._runner,
+                 manager._dispatcher, manager._node, manager._waiters)
 
 
 class FakeClock:

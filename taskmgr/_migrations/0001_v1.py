@@ -7,18 +7,20 @@ indexes of earlier versions are dropped (the pending index and the
 its ``history`` column (earlier versions kept the history in a table).
 """
 
+from typing import Any
+
 from peewee import SQL, BigAutoField, BigIntegerField, DoubleField, IntegerField, Model, NodeList, TextField
 
 
 class _TaskIdField(BigAutoField):
-    def ddl(self, ctx):
+    def ddl(self, ctx: Any) -> Any:
         node = super().ddl(ctx)
         if self.model._meta.database.__class__.__name__.endswith("SqliteDatabase"):
             return NodeList((node, SQL("AUTOINCREMENT")))
         return node
 
 
-def up(migrator, db):
+def up(migrator: Any, db: Any) -> None:
     class TaskRecord(Model):  # the class names make the index names: taskrecord_...
         id = _TaskIdField()
         graphspace = TextField()

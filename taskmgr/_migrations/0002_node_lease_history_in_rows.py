@@ -15,6 +15,7 @@ longer exist go with it.
 import heapq
 import json
 import logging
+from typing import Any
 
 from peewee import BigIntegerField, TextField
 
@@ -23,7 +24,7 @@ log = logging.getLogger("taskmgr.store")
 _TASKS_PER_STEP = 500
 
 
-def up(migrator, db):
+def up(migrator: Any, db: Any) -> None:
     columns = {c.name for c in db.get_columns("taskmgr_node")}
     if "lease_ms" not in columns:
         migrator.migrate(migrator.add_column("taskmgr_node", "lease_ms", BigIntegerField(null=True)))
@@ -36,7 +37,7 @@ def up(migrator, db):
                  merged, dropped)
 
 
-def _merge_history(db):
+def _merge_history(db: Any) -> tuple[int, int]:
     q = db.quote[0] + "%s" + db.quote[1]
     p = db.param
     merged = dropped = 0
@@ -50,7 +51,7 @@ def _merge_history(db):
             return merged, dropped
         after = ids[-1]
         marks = ", ".join([p] * len(ids))
-        legacy = {}
+        legacy: dict[int, list[tuple[float, str]]] = {}
         for tid, frm, to, at in db.execute_sql(
                 f"SELECT {q % 'task_id'}, {q % 'from_status'}, {q % 'to_status'}, {q % 'at'} FROM "
                 f"{q % 'taskmgr_history'} WHERE {q % 'task_id'} IN ({marks}) ORDER BY {q % 'id'}", ids):
@@ -70,7 +71,7 @@ def _merge_history(db):
             merged += 1
 
 
-def _at(line):
+def _at(line: str) -> float:
     """An entry's time; an unreadable one sorts before anything (it never moves a readable one)."""
     try:
         at = json.loads(line)[2]
