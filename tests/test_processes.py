@@ -231,7 +231,7 @@ def test_a_script_holding_a_step_executors_task_still_exits(db_path: str) -> Non
 
 
 _INTERRUPTED_SCRIPT = """
-import os, signal, sys, threading
+import os, signal, sys, threading, time
 from taskmgr import TaskManager
 from taskmgr.testing import rooms
 
@@ -252,6 +252,7 @@ real, stopper = node.keep_alive, []
 def keep_alive():  # the stopper's housekeeping while shutdown() waits for the callables
     if not stopper:
         stopper.append(threading.current_thread())
+        time.sleep(0.1)  # the main thread is in shutdown()'s wait by now
         os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while shutdown() waits
     real()
 node.keep_alive = keep_alive

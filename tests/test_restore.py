@@ -533,6 +533,7 @@ def test_a_shutdown_called_again_while_the_shutdown_goes_on_returns(db_path: str
             if where == "on the stopper":
                 again()
             else:  # a signal: its handler runs on the main thread, which waits in shutdown()
+                time.sleep(0.2)  # (it is in the wait by now)
                 os.kill(os.getpid(), signal.SIGUSR1)
                 deadline = time.monotonic() + WAIT
                 while not calls:
@@ -597,6 +598,7 @@ def test_an_interrupted_shutdown_leaves_the_stop_going_and_a_second_call_waits_f
     def interrupting() -> None:  # the stopper's first look after the callable, while shutdown() waits
         if not stopper:
             stopper.append(threading.current_thread())
+            time.sleep(0.2)  # the main thread is in shutdown()'s wait by now
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: KeyboardInterrupt on the waiting main thread
         real()
 
@@ -665,6 +667,7 @@ def test_a_shutdown_interrupted_in_its_last_writes_still_completes(db_path: str,
 
     def leave() -> None:  # the stop's last write: out of the registry
         stopper.append(threading.current_thread())
+        time.sleep(0.2)  # the main thread is in shutdown()'s wait by now (it may not be at once)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt on the main thread, waiting in shutdown()
         assert go.wait(WAIT)
         real()
