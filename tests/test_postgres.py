@@ -167,7 +167,6 @@ def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
                 return tid
 
             rows.append((store.write(op), gs, g, st))
-        # TODO(seam): Store.graphspaces() and Store.graphs() (the store's engineer's, in /work/store)
         assert store._distinct("graphspace") == ["A", "B", "C"]
         assert store._distinct("graph", "A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
         for scope in ({"graph": "g1"}, {"graph": "g2", "status": S.SUCCESS}, {"graphspace": "B"},
