@@ -341,10 +341,10 @@ def release(tx: Tx, node: str, busy: Collection[int]) -> int:
     RUNNING whose callable never started, and waiting PENDING ones; returns how many of the
     first two."""
     moved = 0
-    for tid in tx.store.owned_ids(node, S.QUEUED):
+    for tid in tx.owned_ids(node, S.QUEUED):
         if tid not in busy:
             moved += tx.move(tid, S.QUEUED, S.RESTORING, held_by=node, owner=None)
-    for tid in tx.store.owned_ids(node, S.RUNNING):
+    for tid in tx.owned_ids(node, S.RUNNING):
         if tid not in busy:
             moved += tx.move(tid, S.RUNNING, S.RESTORING, held_by=node, owner=None, ran=0)
     tx.disown_pending(node)

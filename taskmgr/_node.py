@@ -73,17 +73,16 @@ class Node:
         self._store.remove_node(self.name)
 
     def heartbeat(self, take_over: bool = True) -> None:
-        """Renew the lease (a third of it at a time); with ``take_over``, take over the tasks of
-        nodes whose lease ran out, or finish a take-over owed."""
-        if time.monotonic() - self._renewed < self._lease / 3:
-            return
-        if not self._store.heartbeat(self.name):
-            # another node judged this one's lease over (a stall: a suspended machine, a paused
-            # process) and removed it; unregistered, its tasks would be taken over by anyone
-            self.register()
-            log.warning("node %s had lost its lease (no renewal for %g s): registered it again; tasks it ran "
-                        "then may have been taken over and run again", self.name, self._lease)
-        self._renewed = time.monotonic()
+        """Renew the lease (a third of it at a time); with ``take_over`` (every poll), take over
+        the tasks of nodes whose own lease ran out, or finish a take-over owed."""
+        if time.monotonic() - self._renewed >= self._lease / 3:
+            if not self._store.heartbeat(self.name):
+                # another node judged this one's lease over (a stall: a suspended machine, a paused
+                # process) and removed it; unregistered, its tasks would be taken over by anyone
+                self.register()
+                log.warning("node %s had lost its lease (no renewal for %g s): registered it again; tasks it "
+                            "ran then may have been taken over and run again", self.name, self._lease)
+            self._renewed = time.monotonic()
         if not take_over:
             return
         _alive, dead = self._store.reap_nodes()

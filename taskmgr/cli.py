@@ -66,16 +66,18 @@ def format_table(tasks: Sequence[Task]) -> str:
     return "\n".join(lines)
 
 
-def _open(path: str) -> TaskManager:
+def _open(path: str, readonly: bool = False) -> TaskManager:
+    """The manager of the file at ``path``; read-only for the commands that only read (they must
+    work on a read-only file and never create or change a schema)."""
     if not os.path.exists(path):
         raise TaskManagerError(
             f"no task database at {path!r}; pass --db with the file your application uses"
         )
-    return TaskManager(path)
+    return TaskManager(path, readonly=readonly)
 
 
 def _cmd_list(args: argparse.Namespace, out: IO[str]) -> None:
-    mgr = _open(args.db)
+    mgr = _open(args.db, readonly=True)
     try:
         tasks = mgr.list(status=args.status, limit=args.limit, graph=args.graph, graphspace=args.graphspace)
     finally:
@@ -90,7 +92,7 @@ def _cmd_list(args: argparse.Namespace, out: IO[str]) -> None:
 
 
 def _cmd_show(args: argparse.Namespace, out: IO[str]) -> None:
-    mgr = _open(args.db)
+    mgr = _open(args.db, readonly=True)
     try:
         task = mgr.get(args.id)
         history = mgr.history(args.id)

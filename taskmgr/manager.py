@@ -100,6 +100,9 @@ class TaskManager:
         tasks over once it has not renewed it for that long (judged by the
         database's clock).
     :param clock: time source for task times, seconds since the epoch (tests pass a fake one).
+    :param readonly: only read (an operator's listing): the file is opened read-only, nothing is
+        created, migrated or changed, every write raises :class:`~taskmgr.errors.StoreError`, and
+        :meth:`start` is refused.
     """
 
     #: how many of the commits after its submit try to start a task that found no worker free
@@ -121,12 +124,14 @@ class TaskManager:
         max_restores: int = 3,
         node_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         self.max_input_size = check_count(max_input_size, "max_input_size", low=1, high=MAX_ID, unit="bytes")
         self.max_result_size = check_count(max_result_size, "max_result_size", low=1, high=MAX_ID, unit="bytes")
         self.max_restores = check_count(max_restores, "max_restores")
         self.poll_interval: float = check_seconds(poll_interval, "poll_interval", positive=True)  # type: ignore[assignment]
         self.node_timeout: float = check_seconds(node_timeout, "node_timeout", positive=True)  # type: ignore[assignment]
+        check_seconds(busy_timeout, "busy_timeout", positive=True)
         if not callable(clock):
             raise InvalidArgument(f"clock must be a callable returning seconds since the epoch, got {clock!r}")
         self.clock = clock
@@ -136,7 +141,7 @@ class TaskManager:
         self._types: dict[str, TaskType] = {}
         self._database = database
         self._store_options: dict[str, Any] = {"synchronous": synchronous, "busy_timeout": busy_timeout,
-                                               "history": history}
+                                               "history": history, "readonly": bool(readonly)}
         self._store = self._open_store()
         self._left_unowned = 0  # tasks submitted during the shutdown, written unowned (for the exit warning)
         self._build_rooms()
@@ -219,6 +224,8 @@ class TaskManager:
         Returns ``self``. A start that fails (the store cannot be written) leaves the manager
         idle, as it was."""
         self._own_process()
+        if self._store.readonly:
+            raise ManagerStateError("a read-only task manager cannot start: open it without readonly=True")
         self._lifecycle.start(self._begin, self._undo_start)
         return self
 
@@ -271,6 +278,8 @@ class TaskManager:
             self._own_process()
         may_wait = not (PoolExecutor.in_any_worker() or self._store.leading_here())
         self._lifecycle.stop(wait, interrupt, False, may_wait=may_wait)
+        if may_wait and self._lifecycle.state is State.SHUT_DOWN:
+            self._store.close()  # this thread's connection (the stopper closed its own)
 
     def _stop_steps(self, was_running: bool, wait: bool, interrupt: bool, at_exit: bool) -> None:
         """The stop, in order (see :mod:`taskmgr._lifecycle`), on the stopper thread."""

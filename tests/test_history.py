@@ -1,5 +1,6 @@
 """The history of status changes: kept in each task's row, written by the statement that makes the
-change; pruned by age; and the history table of earlier versions, still read."""
+change; pruned by age; and the history table of earlier versions, merged into the rows when the
+database opens (tests/test_schema.py has a whole database of such a version)."""
 
 from __future__ import annotations
 
@@ -110,13 +111,17 @@ def test_without_history_nothing_is_recorded(tmp_path) -> None:
         s.close()
 
 
-def test_the_history_table_of_an_earlier_version_is_read_pruned_and_deleted_with_its_task(tmp_path, clock) -> None:
-    """A file made before history moved into the task row: the column is added when it opens, the
-    old rows come first in each task's history, and go with their task or their age."""
+def test_the_history_table_of_an_earlier_version_is_merged_into_the_rows_when_it_opens(tmp_path, clock) -> None:
+    """A file made before history moved into the task row (no ``history`` column, no version): when
+    it opens, the column is added and the old table's rows become each row's first entries; they
+    are then pruned by age and go with their task as today's entries do, and the table is gone."""
     path = str(tmp_path / "old.db")
     Store(path).close()
     con = sqlite3.connect(path)
     with con:
+        con.execute("DROP TABLE taskmgr_schema")  # the schema before versions
+        con.execute("CREATE TABLE taskmgr_history (id INTEGER NOT NULL PRIMARY KEY, task_id BIGINT NOT NULL, "
+                    "from_status TEXT, to_status TEXT NOT NULL, at BIGINT NOT NULL)")
         con.execute("CREATE TABLE t2 AS SELECT * FROM taskmgr_task")
         con.execute("DROP TABLE taskmgr_task")
         con.execute("ALTER TABLE t2 DROP COLUMN history")
@@ -129,18 +134,14 @@ def test_the_history_table_of_an_earlier_version_is_read_pruned_and_deleted_with
     con.close()
     s = Store(path, clock=clock)
     try:
+        assert "taskmgr_history" not in s.db.get_tables()
         assert s.write(lambda tx: tx.move(1, S.QUEUED, S.RUNNING))
         assert _moves(s, 1) == [(None, S.NEW, 5), (S.NEW, S.QUEUED, 5), (S.QUEUED, S.RUNNING, 1_000_000_000)]
         assert check_history(s.history()) == {1: S.RUNNING, 2: S.QUEUED}
-        assert s.prune_history(6) == 4  # the old table's four rows
+        assert s.prune_history(6) == 4  # the old table's four rows, now in the rows
         assert _moves(s, 1) == [(S.QUEUED, S.RUNNING, 1_000_000_000)]
-        con = sqlite3.connect(path)
-        with con:
-            con.execute("INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES (2, NULL, 'new', 7)")
-        con.close()
         assert s.write(lambda tx: tx.delete(2))
         assert s.history(2) == []
-        assert s.History.select().count() == 0
     finally:
         s.close()
 
@@ -170,22 +171,6 @@ def test_pruning_drops_old_entries_wherever_they_are_in_the_row(store, clock) ->
     assert store.write(lambda tx: tx.move(tid, S.QUEUED, S.RUNNING))
     assert store.prune_history(999_950_000) == 1
     assert [t.to_status for t in store.history(tid)] == [S.NEW, S.QUEUED]
-
-
-def test_changes_of_a_node_of_an_earlier_version_are_placed_by_time(store, clock) -> None:
-    """Next to a node that still writes the history table (a rolling upgrade), each task's changes
-    from both sources come in time order."""
-    tid = _new(store)  # NEW, QUEUED at 1,000,000,000 in the row
-    store.write(lambda tx: tx.execute(
-        "INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES (?, 'queued', 'running', ?)",
-        (tid, 1_000_000_500)))
-    clock.t += 1
-    assert store.write(lambda tx: tx.execute(
-        "UPDATE taskmgr_task SET status = 'running' WHERE id = ?", (tid,)).rowcount == 1)
-    assert store.write(lambda tx: tx.move(tid, S.RUNNING, S.SUCCESS))
-    assert [(t.from_status, t.to_status) for t in store.history(tid)] == [
-        (None, S.NEW), (S.NEW, S.QUEUED), (S.QUEUED, S.RUNNING), (S.RUNNING, S.SUCCESS)]
-    assert check_history(store.history()) == {tid: S.SUCCESS}
 
 
 def test_rows_read_for_operations_leave_the_history_out(store) -> None:

@@ -32,7 +32,7 @@ def _fresh():
     from playhouse.db_url import connect
 
     db = connect(URL)
-    db.execute_sql("DROP TABLE IF EXISTS taskmgr_task, taskmgr_history, taskmgr_node CASCADE")
+    db.execute_sql("DROP TABLE IF EXISTS taskmgr_task, taskmgr_history, taskmgr_node, taskmgr_schema CASCADE")
     return db
 
 
@@ -167,8 +167,8 @@ def test_lists_over_part_of_a_graphs_scope_on_postgresql(pg) -> None:
                 return tid
 
             rows.append((store.write(op), gs, g, st))
-        assert store._distinct("graphspace") == ["A", "B", "C"]
-        assert store._distinct("graph", "A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
+        assert store.graphspaces() == ["A", "B", "C"]
+        assert store.graphs("A") == sorted({g for _, gs, g, _ in rows if gs == "A"})
         for scope in ({"graph": "g1"}, {"graph": "g2", "status": S.SUCCESS}, {"graphspace": "B"},
                       {"graphspace": "C", "status": S.FAILED, "after": 20}, {"status": S.SUCCESS},
                       {"status": S.NEW, "after": 30}, {"graphspace": "A", "graph": "g1", "status": S.NEW}, {}):
@@ -226,13 +226,24 @@ def test_a_prune_holds_the_rows_it_rewrites_so_another_nodes_move_is_kept(pg, mo
 
 
 def test_nodes_opening_a_database_of_an_earlier_version_at_once_all_open_it(pg) -> None:
-    """Each makes the new index and drops the old ones; one at a time (an advisory lock), since
-    two at once deadlocked."""
-    Store(pg).close()
+    """A database of version 1, or older (old indexes, no history column, the history table):
+    each node opening it at once waits for the one migrating it (an advisory lock: two at once
+    deadlocked on the indexes), then finds it migrated."""
+    seed = Store(pg)
+    tid = seed.write(lambda tx: tx.insert({"graphspace": "G", "graph": "g", "type": "t", "name": "n",
+                                           "callable": "m.f"}, (S.NEW, S.QUEUED)))
+    seed.close()
+    pg.execute_sql("DROP TABLE taskmgr_schema")  # the schema before versions
+    pg.execute_sql("ALTER TABLE taskmgr_node DROP COLUMN lease_ms, DROP COLUMN identity")
     pg.execute_sql("DROP INDEX taskrecord_status_graphspace_graph_id")
+    pg.execute_sql("UPDATE taskmgr_task SET history = NULL")
     pg.execute_sql("ALTER TABLE taskmgr_task DROP COLUMN history")
     pg.execute_sql("CREATE INDEX taskrecord_graphspace_graph_status_id ON taskmgr_task (graphspace, graph, status, id)")
     pg.execute_sql("CREATE INDEX taskrecord_status_id ON taskmgr_task (status, id)")
+    pg.execute_sql("CREATE TABLE taskmgr_history (id BIGSERIAL PRIMARY KEY, task_id BIGINT NOT NULL, "
+                   "from_status TEXT, to_status TEXT NOT NULL, at BIGINT NOT NULL)")
+    pg.execute_sql("INSERT INTO taskmgr_history (task_id, from_status, to_status, at) VALUES "
+                   "(%s, NULL, 'new', 5), (%s, 'new', 'queued', 6)", (tid, tid))
     barrier, outcomes = threading.Barrier(6), []
 
     def node() -> None:
@@ -253,6 +264,18 @@ def test_nodes_opening_a_database_of_an_earlier_version_at_once_all_open_it(pg) 
     for t in threads:
         t.join(30)
     assert outcomes == ["ok"] * 6
+    store = Store(pg)
+    try:
+        assert store.schema_version == 2 and "taskmgr_history" not in store.db.get_tables()
+        assert [n for (n,) in store.db.execute_sql("SELECT name FROM taskmgr_schema ORDER BY id")] == [
+            "0001_v1", "0002_node_lease_history_in_rows"]
+        assert [(t.from_status, t.to_status, t.at) for t in store.history(tid)] == [(None, S.NEW, 5),
+                                                                                   (S.NEW, S.QUEUED, 6)]
+        assert {c.name for c in store.db.get_columns("taskmgr_node")} >= {"lease_ms", "identity"}
+        names = {i.name for i in store.db.get_indexes("taskmgr_task")}
+        assert "taskrecord_status_graphspace_graph_id" in names and "taskrecord_status_id" not in names
+    finally:
+        store.close()
 
 
 def _waiting_for_a_lock(db) -> bool:
@@ -635,3 +658,28 @@ def test_a_due_task_held_by_another_transaction_is_woken_soon_after_without_spin
     finally:
         holder.close()
         a.shutdown()
+
+
+def test_another_applications_task_table_on_postgresql_is_refused_untouched(pg) -> None:
+    from taskmgr import StoreError
+
+    pg.execute_sql("CREATE TABLE taskmgr_task (id BIGSERIAL PRIMARY KEY, title TEXT)")
+    with pytest.raises(StoreError, match="is not a taskmgr database: table taskmgr_task lacks the columns graphspace"):
+        Store(pg)
+    assert sorted(t for t in pg.get_tables() if t.startswith("taskmgr")) == ["taskmgr_task"]
+
+
+def test_a_read_only_store_on_postgresql_makes_nothing_and_writes_nothing(pg) -> None:
+    from taskmgr import StoreError
+
+    with pytest.raises(StoreError, match="is not a taskmgr database: it has no taskmgr_task table"):
+        Store(pg, readonly=True)
+    assert [t for t in pg.get_tables() if t.startswith("taskmgr")] == []
+    Store(pg).close()
+    store = Store(pg, readonly=True)
+    try:
+        assert store.select() == [] and store.threads == []
+        with pytest.raises(StoreError, match="read-only"):
+            store.register_node("n", 0)
+    finally:
+        store.close()

@@ -334,11 +334,9 @@ def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_nod
             assert time.monotonic() < deadline, what
             time.sleep(0.005)
 
-    # TODO(seam): Store.committing and Store.queued (the store's engineer's, in /work/store) for
-    # store._leading and store._pending
-    until("the hand-back to wait for the lock", lambda: handing_back.is_set() and store._leading)
+    until("the hand-back to wait for the lock", lambda: handing_back.is_set() and store.committing)
     gate.set()
-    until("the submit to queue behind it", lambda: len(store._pending) > 0)
+    until("the submit to queue behind it", lambda: store.queued > 0)
     other.execute("ROLLBACK")
     other.close()
     submit.join(WAIT)

@@ -177,13 +177,13 @@ def test_at_normal_a_thread_of_the_store_checkpoints_the_wal_not_the_writers(tmp
         assert 1 <= store.checkpoints <= 5
     finally:
         store.close()
-    assert not store._checkpointer.is_alive()  # close() stops it
+    assert store.threads == []  # close() stops the checkpointer (and the flusher)
 
 
 def test_at_full_the_committing_connection_checkpoints_as_sqlite_does(tmp_path) -> None:
     store = Store(str(tmp_path / "f.db"), synchronous="FULL")
     try:
-        assert store._checkpointer is None
+        assert [t.name for t in store.threads] == ["taskmgr-flusher"]  # no checkpointer thread
         assert store.db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # SQLite's default
     finally:
         store.close()
@@ -260,9 +260,9 @@ def test_a_list_over_part_of_a_graphs_scope_is_what_filtering_every_row_gives(
 
 def test_the_distinct_graphspaces_and_graphs_are_found_by_walking_the_index(scoped) -> None:
     store, _rows = scoped
-    assert store._distinct("graphspace") == _SPACES
-    assert store._distinct("graph", "C") == ["g1", "g2"]
-    assert store._distinct("graph", "nowhere") == []
+    assert store.graphspaces() == _SPACES
+    assert store.graphs("C") == ["g1", "g2"]
+    assert store.graphs("nowhere") == []
 
 
 @pytest.mark.parametrize("scope", [{"graph": "g2"}, {"graph": "g2", "status": S.SUCCESS}, {"graphspace": "B"},
@@ -301,6 +301,7 @@ def test_a_store_made_by_an_earlier_version_gets_todays_indexes_and_keeps_its_ta
     s.close()
     con = sqlite3.connect(path)
     with con:
+        con.execute("DROP TABLE taskmgr_schema")  # the schema before versions
         con.execute("DROP INDEX taskrecord_status_graphspace_graph_id")
         con.execute("CREATE INDEX taskrecord_graphspace_graph_status_id "
                     "ON taskmgr_task (graphspace, graph, status, id)")
