@@ -303,7 +303,7 @@ def test_a_task_being_tried_gives_way_to_none_that_came_after_it(db_path: str, g
     # that finds no worker puts it back in line, ahead: a freed worker takes it first
     with _busy_recording(db_path, gates, tries=100_000, workers=1) as (mgr, started):
         tried = mgr.submit("rec", "tried")
-        assert _trying(mgr) == 1  # the one task just submitted, `tried`
+        assert _trying(mgr) == 1 and mgr.get(tried).status is S.QUEUED  # the one task tried is `tried`
         waiting = mgr.submit("rec", "in line")  # the tries are full (one worker's worth): in line
         _until(lambda: _trying(mgr) == 0, "the end of the tries")
         assert rooms(mgr).executor.waiting == 2
