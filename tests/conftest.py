@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from taskmgr import TaskContext, TaskManager
 
 WAIT = 10.0  # every cross-thread wait in the tests is bounded by this
+
+
+def sql(db_path: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one raw statement on the SQLite file, as an operator's sqlite3 shell (or a damaged disk)
+    would: its own connection, committed at once. Returns the rows it yields."""
+    with contextlib.closing(sqlite3.connect(db_path, timeout=WAIT, isolation_level=None)) as conn:
+        return conn.execute(statement, tuple(params)).fetchall()
+
+
+def registered_nodes(db_path: str) -> list[str]:
+    """The nodes registered in the file's node table (raw SQL: no manager has a public view of it)."""
+    return [name for (name,) in sql(db_path, "SELECT node FROM taskmgr_node ORDER BY node")]
+
+
+def task_column(db_path: str, task_id: int, column: str) -> Any:
+    """One stored column of one task (raw SQL: for the bookkeeping columns a Task does not carry,
+    such as ``owner`` and ``restores``)."""
+    assert column.isidentifier(), column
+    (value,) = sql(db_path, f"SELECT {column} FROM taskmgr_task WHERE id = ?", (task_id,))[0]
+    return value
 
 
 class _Events(dict):

@@ -625,13 +625,30 @@ def test_progress_must_be_a_64_bit_integer(bad: object) -> None:
 def test_a_manager_cannot_start_twice_or_be_used_after_shutdown(db_path: str) -> None:
     m = TaskManager(db_path)
     m.register("echo", lambda ctx: 1)
+    assert m.state == "idle"
     m.start()
+    assert m.state == "running"
     with pytest.raises(ManagerStateError, match="Cannot start the task manager when it is in the 'running' state"):
         m.start()
     m.shutdown()
+    assert m.state == "shut down"
     m.shutdown()  # idempotent
     with pytest.raises(ManagerStateError, match="shut down"):
         m.submit("echo")
+
+
+class _ProtocolOnly:
+    """Every method the manager calls on an executor, but no ExecutorBase: refused (the base
+    gives the optional methods their defaults)."""
+
+    synchronous, manual_clock, workers = False, False, 1
+    waiting = 0
+
+    def start(self) -> None: ...
+    def submit(self, fn, reserved: bool = False) -> None: ...
+    def call_at(self, when, fn) -> None: ...
+    def every(self, seconds, fn) -> None: ...
+    def shutdown(self, wait: bool = True) -> None: ...
 
 
 @pytest.mark.parametrize(
@@ -639,6 +656,7 @@ def test_a_manager_cannot_start_twice_or_be_used_after_shutdown(db_path: str) ->
     [
         ({"workers": 0}, "workers must be a positive integer, got 0"),
         ({"executor": "threads"}, "executor must be 'pool', 'inline' or an instance of a taskmgr.executor.ExecutorBase subclass"),
+        ({"executor": _ProtocolOnly()}, "an instance of a taskmgr.executor.ExecutorBase subclass"),
         ({"synchronous": "sometimes"}, "synchronous must be one of OFF, NORMAL, FULL, EXTRA"),
         ({"max_input_size": 0}, "max_input_size must be a positive number of bytes"),
         ({"poll_interval": 0}, "poll_interval must be a positive number of seconds"),

@@ -20,8 +20,10 @@ URL = os.environ.get("TASKMGR_TEST_PG")
 pytestmark = [pytest.mark.skipif(not URL, reason="TASKMGR_TEST_PG is not set"), pytest.mark.slow]
 
 from taskmgr import InvalidTransition, TaskContext, TaskManager, TaskStatus, can_move  # noqa: E402
+from taskmgr import _moves as moves  # noqa: E402
+from taskmgr._node import Node  # noqa: E402
 from taskmgr.store import Store, Tx  # noqa: E402
-from taskmgr.testing import check_history  # noqa: E402
+from taskmgr.testing import check_history, rooms  # noqa: E402
 
 S = TaskStatus
 
@@ -363,7 +365,7 @@ def test_two_nodes_restoring_one_dead_node_never_take_over_each_others_new_run(p
     tid = seed.write(lambda tx: tx.insert(dict(graphspace="DEFAULT", graph="g", type="job", name="job",
                                                callable="m.job", owner="ghost:1:x", ran=1),
                                           (S.NEW, S.QUEUED, S.RUNNING)))
-    seed.write(lambda tx: seed.Node.update(heartbeat=10**15).execute())  # alive while the nodes start
+    pg.execute_sql("UPDATE taskmgr_node SET heartbeat = %s", (10**15,))  # alive while the nodes start
     runs: list[int] = []
     go_run = threading.Event()
 
@@ -388,12 +390,12 @@ def test_two_nodes_restoring_one_dead_node_never_take_over_each_others_new_run(p
         assert read.wait(30)
         b.restore()  # B takes the task over and runs it
         for _ in range(3000):
-            if tid in b._running:
+            if rooms(b).runner.is_running(tid):
                 break
             threading.Event().wait(0.01)
         go.set()
         box[0].join(30)
-        assert seed.Task.get_by_id(tid).owner == b.node
+        assert pg.execute_sql("SELECT owner FROM taskmgr_task WHERE id = %s", (tid,)).fetchone() == (b.node,)
         go_run.set()
         done = b.wait(tid, 30)
         assert (done.status, runs) == (S.SUCCESS, [tid])
@@ -447,10 +449,10 @@ def test_a_claim_racing_another_nodes_claim_and_hand_back_never_leaves_the_task_
         pausing("row", "read", "b_claimed")
         for method in ("update", "move"):  # C's first write that takes the task
             pausing(method, "wrote", "b_gone", lambda kw: kw.get("owner") == c.node)
-        claimer.append(threading.Thread(target=c._claim))
+        claimer.append(threading.Thread(target=rooms(c).node.claim))
         claimer[0].start()
         assert steps["read"].wait(30)
-        b._claim()
+        rooms(b).node.claim()
         assert idle.get(tid).status is S.QUEUED
         steps["b_claimed"].set()
         assert steps["wrote"].wait(30)
@@ -458,7 +460,7 @@ def test_a_claim_racing_another_nodes_claim_and_hand_back_never_leaves_the_task_
         steps["b_gone"].set()
         claimer[0].join(30)
         monkeypatch.undo()
-        c._claim()  # C's next poll
+        rooms(c).node.claim()  # C's next poll
         assert c.wait(tid, 30).status is S.SUCCESS
         assert ran == [("c", tid)]
     finally:
@@ -489,7 +491,7 @@ def test_a_resume_racing_the_owners_hand_back_still_resumes(pg, monkeypatch, res
 
         def then_hand_back(self, task_id, *args):  # type: ignore[no-untyped-def]
             row = real(self, task_id, *args)
-            if task_id == tid and not a._stopped_or_stopping():
+            if task_id == tid and a.state == "running":
                 a.shutdown()  # commits on its own connection: owner NULL, still PENDING
             return row
 
@@ -540,7 +542,7 @@ def test_a_suspend_during_a_wake_up_either_holds_the_task_or_says_it_could_not(p
 
         waker = threading.current_thread()
         monkeypatch.setattr(Tx, "row", then_suspend)
-        a._wake_due()
+        rooms(a).node.wake_due()
         monkeypatch.undo()
         caller = next(x for x in outcome if isinstance(x, threading.Thread))
         caller.join(30)
@@ -561,8 +563,6 @@ def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg
     meanwhile woke p, and its next batch starts p (p locked) and cancels x (waiting for a's lock on
     x). Were a's wake-up to wait for p's lock, the two would wait for each other until PostgreSQL
     aborted one (found by review). It skips a row another transaction holds: no deadlock."""
-    from taskmgr import manager as manager_module
-
     a = TaskManager(pg, poll_interval=3600)
     b = TaskManager(_fresh_conn(), poll_interval=3600)
     client = TaskManager(_fresh_conn())
@@ -571,8 +571,8 @@ def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg
     a.start()
     b.start()
     try:
-        monkeypatch.setattr(b, "_dispatch", lambda tid: None)  # b's start of p comes in the batch below
-        monkeypatch.setattr(a._executor, "call_at", lambda *args, **kw: None)  # a's wake-up: the one below
+        monkeypatch.setattr(rooms(b).dispatcher, "dispatch", lambda tid: None)  # b's start of p: the batch below
+        monkeypatch.setattr(rooms(a).executor, "call_at", lambda *args, **kw: None)  # a's wake-up: the one below
         x = a.submit("t", delay=0.05)  # a's own, due first
         p = client.submit("t", delay=0.1)  # nobody's, due second
         threading.Event().wait(0.3)
@@ -580,15 +580,15 @@ def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg
         before = pg.execute_sql(deadlocks).fetchone()[0]
 
         def b_batch(tx: Tx) -> None:
-            assert manager_module._op_start(tx, b.node, p) is not None  # QUEUED -> RUNNING: p locked
+            assert moves.start(tx, b.node, p) is not None  # QUEUED -> RUNNING: p locked
             tx.move(x, S.PENDING, S.CANCELLED, run_at=None)  # an operator's cancel of x: waits for a
 
         outcome: list[object] = []
 
         def node_b() -> None:
-            b._wake_due()  # p: QUEUED, b's (committed)
+            rooms(b).node.wake_due()  # p: QUEUED, b's (committed)
             try:
-                b._store.write(b_batch)
+                rooms(b).store.write(b_batch)
                 outcome.append("ok")
             except Exception as exc:  # noqa: BLE001 - checked below
                 outcome.append(exc)
@@ -605,7 +605,7 @@ def test_a_wake_up_never_closes_a_cycle_of_row_locks_with_another_nodes_batch(pg
             return real(self, task_id, **kw)
 
         monkeypatch.setattr(Tx, "row", then_node_b)
-        a._wake_due()
+        rooms(a).node.wake_due()
         monkeypatch.undo()
         other[0].join(30)
         assert outcome == ["ok"]
@@ -629,10 +629,11 @@ def test_a_due_task_held_by_another_transaction_is_woken_soon_after_without_spin
 
     a = TaskManager(pg, poll_interval=3600)  # no poll in the test's time: only the wake-ups below
     a.register("t", lambda ctx: "ran")
-    monkeypatch.setattr(a, "WAKE_BATCH", 1)  # one held row fills a page
+    monkeypatch.setattr(Node, "WAKE_BATCH", 1)  # one held row fills a page
     timed: list[tuple[float, Callable[[], None]]] = []
     a.start()
-    monkeypatch.setattr(a._executor, "call_at", lambda when, fn: timed.append((when, fn)))
+    node = rooms(a).node
+    monkeypatch.setattr(rooms(a).executor, "call_at", lambda when, fn: timed.append((when, fn)))
     holder = psycopg2.connect(URL)
     try:
         tid = a.submit("t", delay=0.001)
@@ -640,20 +641,20 @@ def test_a_due_task_held_by_another_transaction_is_woken_soon_after_without_spin
         timed.clear()  # the submit's own timed wake-up
         holder.cursor().execute("SELECT id FROM taskmgr_task WHERE id = %s FOR UPDATE", (tid,))
         for _ in range(3):  # polls and timed wake-ups that find the row held
-            waker = threading.Thread(target=a._wake_due)
+            waker = threading.Thread(target=node.wake_due)
             waker.start()
             waker.join(10)
             assert not waker.is_alive(), "the wake-up kept reading the rows it cannot take"
         assert a.get(tid).status is S.PENDING
         assert len(timed) == 1, "one look again at a time"
         (first, retry), now = timed.pop(), time.time()
-        assert first <= now + a.WAKE_RETRY
+        assert first <= now + Node.WAKE_RETRY
         retry()  # still held: one more, twice as far off
-        assert len(timed) == 1 and timed[0][0] >= now + 2 * a.WAKE_RETRY
+        assert len(timed) == 1 and timed[0][0] >= now + 2 * Node.WAKE_RETRY
         holder.rollback()  # the other transaction ends without changing the row
         timed.pop()[1]()
         assert a.wait(tid, 30).result_value == "ran"
-        assert timed == [] and a._wake_retry_delay == a.WAKE_RETRY
+        assert timed == [] and node.wake_retry_delay == Node.WAKE_RETRY
     finally:
         holder.close()
         a.shutdown()

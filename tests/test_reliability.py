@@ -43,8 +43,8 @@ class SizeLimitedDatabase(SqliteDatabase):
         return super().cursor(*args, **kwargs)
 
 
-def _set_page_limit(mgr: TaskManager, pages: int) -> None:
-    mgr._store.db.max_pages = pages
+def _set_page_limit(db: SizeLimitedDatabase, pages: int) -> None:
+    db.max_pages = pages
 
 
 def test_a_full_database_refuses_new_work_keeps_outcomes_and_recovers(tmp_path, gates: Gates) -> None:
@@ -62,8 +62,8 @@ def test_a_full_database_refuses_new_work_keeps_outcomes_and_recovers(tmp_path, 
     try:
         running = mgr.submit("big")
         gates.wait_started(running)
-        size = mgr._store.db.execute_sql("PRAGMA page_count").fetchone()[0]
-        _set_page_limit(mgr, size + 8)
+        size = db.execute_sql("PRAGMA page_count").fetchone()[0]
+        _set_page_limit(db, size + 8)
         acknowledged = []
         with pytest.raises(StoreError, match=r"^the task database is full \(.*\): nothing was written"):
             for _ in range(200):  # bounded: eight pages are gone within a few submissions
@@ -75,7 +75,7 @@ def test_a_full_database_refuses_new_work_keeps_outcomes_and_recovers(tmp_path, 
         with pytest.raises(Exception, match="still RUNNING"):
             mgr.wait(running, 0.5)
         # space returns: the outcome is written by the next poll, and new work is accepted, no restart
-        _set_page_limit(mgr, 1_000_000)
+        _set_page_limit(db, 1_000_000)
         task = mgr.wait(running, WAIT)
         assert task.status is S.SUCCESS and len(task.result) == 50_002
         later = mgr.submit("echo", "after")
@@ -94,9 +94,9 @@ def test_a_queued_task_whose_start_cannot_be_written_starts_at_a_later_poll(db_p
     submitted while a worker is free is written RUNNING by its submit instead)."""
     import peewee
 
-    from taskmgr import manager as manager_module
+    from taskmgr import _moves as moves
 
-    real_start = manager_module._op_start
+    real_start = moves.start
     failures = []
 
     def failing_once(tx, node, task_id):
@@ -105,7 +105,7 @@ def test_a_queued_task_whose_start_cannot_be_written_starts_at_a_later_poll(db_p
             raise peewee.OperationalError("database or disk is full")
         return real_start(tx, node, task_id)
 
-    monkeypatch.setattr(manager_module, "_op_start", failing_once)
+    monkeypatch.setattr(moves, "start", failing_once)  # a worker's QUEUED -> RUNNING
     mgr = TaskManager(db_path, workers=1, poll_interval=0.05)
     mgr.START_TRIES = 0  # the worker's own start, not a later commit's (tests/test_start_later.py)
     register_test_types(mgr, gates)

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sqlite3
 import threading
 import time
 
 import pytest
 
-from conftest import WAIT, Gates, register_test_types
+from conftest import WAIT, Gates, register_test_types, registered_nodes, sql, task_column
 from taskmgr import TaskContext, TaskManager, TaskStatus, UnknownTaskType, can_move
-from taskmgr.testing import StepExecutor
+from taskmgr import _moves as moves
+from taskmgr._node import Node
+from taskmgr.testing import StepExecutor, rooms
 
 S = TaskStatus
 
 
 def _leave_behind(db_path: str, gates: Gates, statuses: list[TaskStatus], *, type_: str = "echo", **fields) -> list[int]:
-    """Rows as a node that died would leave them: owned by a node that no longer exists."""
+    """Rows as a node that died would leave them: owned by a node that no longer exists (written
+    with raw SQL, behind the store's back)."""
     m = TaskManager(db_path)
     register_test_types(m, gates)
     ids = m.submit_many(type_, [{"n": i} for i in range(len(statuses))])
-    T = m._store.Task
-    for tid, st in zip(ids, statuses):
-        T.update(status=st.value, owner="gone-host:1:dead", ran=int(st in (S.RUNNING, S.CANCELLING)), **fields).where(
-            T.id == tid
-        ).execute()
     m.shutdown()
+    assert all(name.isidentifier() for name in fields)
+    sets = "".join(f", {name} = ?" for name in fields)
+    with contextlib.closing(sqlite3.connect(db_path, timeout=WAIT)) as conn, conn:
+        conn.executemany(
+            f"UPDATE taskmgr_task SET status = ?, owner = 'gone-host:1:dead', ran = ?{sets} WHERE id = ?",
+            [(st.value, int(st in (S.RUNNING, S.CANCELLING)), *fields.values(), tid) for tid, st in zip(ids, statuses)],
+        )
     return ids
 
 
@@ -93,16 +102,14 @@ def test_a_node_taken_for_dead_registers_again_at_its_next_heartbeat(db_path: st
     """A node that stalled past node_timeout (a suspended machine, a paused process) was reaped by
     another node: its row is gone. It used to heartbeat into nothing from then on, and every node
     that started later took its tasks over, the ones it was running included, and ran them again."""
-    a = TaskManager(db_path, poll_interval=0.05)
+    a = TaskManager(db_path, poll_interval=0.05, node_timeout=0.6)  # renews its lease every 0.2 s
     register_test_types(a, gates)
     with a:
         tid = a.submit("gate")
         gates.wait_started(tid)
-        N = a._store.Node
-        N.delete().where(N.node == a.node).execute()  # what the node that found it dead did
-        a._last_heartbeat = 0.0  # its next poll heartbeats
+        sql(db_path, "DELETE FROM taskmgr_node WHERE node = ?", (a.node,))  # what the node that found it dead did
         deadline = time.monotonic() + WAIT
-        while not N.select().where(N.node == a.node).exists():
+        while a.node not in registered_nodes(db_path):  # at its next renewal
             assert time.monotonic() < deadline, "the node did not register again"
             time.sleep(0.02)
         assert "registered it again" in caplog.text
@@ -115,45 +122,66 @@ def test_a_node_taken_for_dead_registers_again_at_its_next_heartbeat(db_path: st
     assert gates.ran.count(tid) == 1
 
 
-def test_an_unregistered_type_goes_unknown_with_an_explanation_and_resumes_once_registered(
-    db_path: str, gates: Gates
-) -> None:
+def test_an_unregistered_type_is_left_unowned_and_runnable_and_runs_once_registered(db_path: str, gates: Gates) -> None:
+    """A node that does not run a dead node's task type hands the task on to whoever does: RESTORING
+    and nobody's, never UNKNOWN (it used to be marked UNKNOWN, to be resumed by hand)."""
     (tid,) = _leave_behind(db_path, gates, [S.QUEUED])
     m = TaskManager(db_path, poll_interval=0.05)
     m.register("other", lambda ctx: 0)
     with m:
         task = m.get(tid)
-        assert task.status is S.UNKNOWN
-        assert task.result == (
-            "UnknownTaskType: task type 'echo' is not registered in the process that restored it; "
-            "register it and call resume() on the task (or restart)"
-        )
-        with pytest.raises(UnknownTaskType):
-            m.resume(tid)
-        assert m.get(tid).status is S.UNKNOWN
-        register_test_types(m, gates)
-        m.resume(tid)
+        assert (task.status, task.result, task.retries) == (S.RESTORING, None, 0)
+        assert task_column(db_path, tid, "owner") is None
+        time.sleep(0.2)  # a few polls: none claims a task of a type this node does not run
+        assert m.get(tid).status is S.RESTORING and tid not in gates.ran
+        register_test_types(m, gates)  # a type registered after start() is claimed from then on
         assert m.wait(tid, WAIT).status is S.SUCCESS
+    reader = TaskManager(db_path)
+    try:
+        moves_made = [mv.to_status for mv in reader.history(tid)][1:]  # [0] is the creation
+        assert moves_made == [S.RESTORING, S.QUEUED, S.RUNNING, S.SUCCESS]
+    finally:
+        reader.shutdown()
 
 
-def test_unknown_tasks_are_restored_on_a_start_that_knows_their_type(db_path: str, gates: Gates) -> None:
+def test_an_unregistered_types_task_is_run_by_the_next_start_that_knows_the_type(db_path: str, gates: Gates) -> None:
     (tid,) = _leave_behind(db_path, gates, [S.QUEUED])
     first = TaskManager(db_path)
     first.register("other", lambda ctx: 0)
     with first:
-        assert first.get(tid).status is S.UNKNOWN
+        assert first.get(tid).status is S.RESTORING
     second = TaskManager(db_path, poll_interval=0.05)
     register_test_types(second, gates)
     with second:
         assert second.wait(tid, WAIT).status is S.SUCCESS
 
 
+@pytest.mark.parametrize("owner", [None, "gone-host:1:dead"])
+def test_unknown_tasks_left_by_an_earlier_version_are_restored_on_a_start_that_knows_their_type(
+    db_path: str, gates: Gates, owner
+) -> None:
+    """Earlier versions marked UNKNOWN a task whose type the restoring node did not register (owned
+    by that node, or, later, nobody's). A node that knows the type still restores such a record."""
+    (tid,) = _leave_behind(db_path, gates, [S.QUEUED])
+    sql(db_path, "UPDATE taskmgr_task SET status = 'unknown', owner = ?, result = ? WHERE id = ?",
+        (owner, "UnknownTaskType: task type 'echo' is not registered in the process that restored it; "
+                "register it and call resume() on the task (or restart)", tid))
+    first = TaskManager(db_path)
+    first.register("other", lambda ctx: 0)
+    with first:  # a node that does not know the type leaves it as it is
+        assert first.get(tid).status is S.UNKNOWN
+    second = TaskManager(db_path, poll_interval=0.05)
+    register_test_types(second, gates)
+    with second:
+        task = second.wait(tid, WAIT)
+        assert (task.status, task.result_value) == (S.SUCCESS, {"n": 0})
+
+
 def test_a_damaged_status_or_input_goes_unknown_and_never_crashes_start(db_path: str, gates: Gates) -> None:
     bad_status, bad_input, fine = _leave_behind(db_path, gates, [S.QUEUED, S.QUEUED, S.QUEUED])
+    sql(db_path, "UPDATE taskmgr_task SET status = 'exploded' WHERE id = ?", (bad_status,))
+    sql(db_path, "UPDATE taskmgr_task SET input = '{not json' WHERE id = ?", (bad_input,))
     m = TaskManager(db_path)
-    T = m._store.Task
-    T.update(status="exploded").where(T.id == bad_status).execute()
-    T.update(input="{not json").where(T.id == bad_input).execute()
     assert m.get(bad_status).status is S.UNKNOWN  # reads never fail on a damaged row
     m.shutdown()
     m = TaskManager(db_path, poll_interval=0.05)
@@ -165,7 +193,7 @@ def test_a_damaged_status_or_input_goes_unknown_and_never_crashes_start(db_path:
         assert damaged.result == "DamagedRecord: stored status 'exploded' is not valid"
         undecodable = m.get(bad_input)
         assert undecodable.status is S.UNKNOWN
-        assert undecodable.result == "InvalidInput: the stored task_input is not valid JSON"
+        assert undecodable.result == "InvalidInput: the stored task_input cannot be decoded"
         m.cancel(bad_input)
         assert m.get(bad_input).status is S.CANCELLED
         m.resume(bad_status)  # its input is fine: once declared UNKNOWN it can be brought back
@@ -264,12 +292,12 @@ def test_a_shutdown_hands_back_tasks_written_running_that_no_worker_picked_up(db
             reader.shutdown()
 
 
-def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_node(db_path: str, gates: Gates) -> None:
+def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_node(db_path: str, gates: Gates,
+                                                                                  monkeypatch) -> None:
     """A submit that saw the node running but commits after its shutdown handed back the node's
     tasks used to leave its task QUEUED, owned by a node that no longer exists and that no node
     takes for dead: acknowledged, and never run until a restart (found by review). It is now
     written as an idle manager writes it, unowned, and a live node claims it."""
-    import sqlite3
     a = TaskManager(db_path, poll_interval=0.05)
     b = TaskManager(db_path, poll_interval=0.05)
     for m in (a, b):
@@ -287,9 +315,18 @@ def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_nod
     submit.start()
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process writes: the shutdown's hand-back waits for it
+    store = rooms(a).store
+    handing_back = threading.Event()
+    real_write = store.write
+
+    def write(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if fn is moves.release:
+            handing_back.set()  # the shutdown's hand-back, after its executor closed
+        return real_write(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "write", write)
     stop = threading.Thread(target=a.shutdown)
     stop.start()
-    store = a._store
 
     def until(what, cond) -> None:
         deadline = time.monotonic() + WAIT
@@ -297,7 +334,7 @@ def test_a_submit_that_commits_after_the_shutdowns_hand_back_is_left_for_any_nod
             assert time.monotonic() < deadline, what
             time.sleep(0.005)
 
-    until("the hand-back to wait for the lock", lambda: a._executor._closed and store.committing)
+    until("the hand-back to wait for the lock", lambda: handing_back.is_set() and store.committing)
     gate.set()
     until("the submit to queue behind it", lambda: store.queued > 0)
     other.execute("ROLLBACK")
@@ -376,7 +413,7 @@ def test_a_callable_can_use_its_manager_while_the_node_shuts_down(db_path: str) 
     stop = threading.Thread(target=m.shutdown)
     stop.start()
     deadline = time.monotonic() + WAIT
-    while m._state.name != "STOPPING":
+    while m.state != "stopping":
         assert time.monotonic() < deadline
         time.sleep(0.005)
     assert m.cancel(long)  # from this process, during the wait
@@ -408,11 +445,11 @@ def test_shutdown_called_by_a_tasks_own_callable_completes_once_it_returns(db_pa
     tid = m.submit("stopper")
     queued = m.submit("other")
     m.wait(tid, WAIT)
-    (handler,) = [t for t in threading.enumerate() if t.name == "taskmgr-shutdown"] or [None]
+    (handler,) = [t for t in threading.enumerate() if t.name == "taskmgr-stopper"] or [None]
     assert handler is None or not handler.daemon  # a pool worker's threads are daemons: this one must
     # not be, or the interpreter's exit would cut the shutdown short
     deadline = time.monotonic() + WAIT
-    while m._state.name != "SHUT_DOWN":
+    while m.state != "shut down":
         assert time.monotonic() < deadline, "the shutdown did not complete"
         time.sleep(0.01)
     assert returned == [None]
@@ -422,7 +459,7 @@ def test_shutdown_called_by_a_tasks_own_callable_completes_once_it_returns(db_pa
         # handed back, run by the worker freed before the shutdown thread closed the pool, or (the
         # submit came after the callable's shutdown began) written unowned: never stuck on the node
         assert other.get(queued).status in (S.RESTORING, S.SUCCESS, S.NEW)
-        assert list(other._store.Node.select()) == []
+        assert registered_nodes(db_path) == []
     finally:
         other.shutdown()
 
@@ -450,9 +487,7 @@ def test_start_racing_shutdown_leaves_nothing_running(db_path: str) -> None:
         starter.join(WAIT)
         assert not starter.is_alive()
         assert all("Cannot start the task manager" in str(e) for e in errors), errors
-    other = TaskManager(db_path)
-    assert list(other._store.Node.select()) == []
-    other.shutdown()
+    assert registered_nodes(db_path) == []
     deadline = time.monotonic() + WAIT
     while threading.active_count() > before:
         assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
@@ -475,72 +510,117 @@ def _gated_node(db_path: str, node_timeout: float = 30.0):
     return m, tid, go
 
 
-def test_a_shutdown_called_again_on_the_thread_already_shutting_down_returns(db_path: str, monkeypatch) -> None:
+@pytest.mark.parametrize("where", ["on the stopper", "in a signal handler on the waiting thread"])
+def test_a_shutdown_called_again_while_the_shutdown_goes_on_returns(db_path: str, monkeypatch, where: str) -> None:
     """A host's SIGTERM handler calling shutdown() while its main thread is already in shutdown()
-    (waiting for a callable) deadlocked on the manager's own lock (found by review)."""
+    (waiting for a callable) deadlocked on the manager's own lock (found by review). The stop is
+    carried out by the stopper thread: a shutdown() asked on it, or by a signal handler on the
+    thread that waits for it, returns at once."""
     m, tid, go = _gated_node(db_path)
     calls: list[str] = []
-    real = m._keep_alive
+    node = rooms(m).node
+    real = node.keep_alive  # runs on the stopper while the callable is waited for
+
+    def again() -> None:
+        calls.append(threading.current_thread().name)
+        m.shutdown()  # returns at once
+        go.set()
 
     def keep_alive() -> None:
         if not calls:
-            calls.append("again")
-            m.shutdown()  # what a signal handler on this thread does: returns at once
-            go.set()
+            if where == "on the stopper":
+                again()
+            else:  # a signal: its handler runs on the main thread, which waits in shutdown()
+                time.sleep(0.2)  # (it is in the wait by now)
+                os.kill(os.getpid(), signal.SIGUSR1)
+                deadline = time.monotonic() + WAIT
+                while not calls:
+                    assert time.monotonic() < deadline, "the signal handler did not run"
+                    time.sleep(0.005)
         real()
 
-    monkeypatch.setattr(m, "_keep_alive", keep_alive)
-    m.shutdown()
-    assert calls == ["again"] and m._state.name == "SHUT_DOWN"
+    monkeypatch.setattr(node, "keep_alive", keep_alive)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: again())
+    try:
+        m.shutdown()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    expected = "taskmgr-stopper" if where == "on the stopper" else threading.main_thread().name
+    assert calls == [expected] and m.state == "shut down"
 
 
 def test_a_shutdown_asked_on_the_thread_inside_start_runs_once_start_is_done(db_path: str, monkeypatch) -> None:
     m = TaskManager(db_path, poll_interval=0.02)
     m.register("t", lambda ctx: 1)
-    real = m.restore
+    node = rooms(m).node  # the node start() makes this manager
+    real = node.restore
 
     def restore() -> int:
         m.shutdown()  # a signal handler while start() restores: it must not wait for start()
         return real()
 
-    monkeypatch.setattr(m, "restore", restore)
+    monkeypatch.setattr(node, "restore", restore)
     assert m.start() is m
-    assert m._state.name == "SHUT_DOWN"
-    other = TaskManager(db_path)
-    assert list(other._store.Node.select()) == []
-    other.shutdown()
+    assert m.state == "shut down"
+    assert registered_nodes(db_path) == []
 
 
-def test_an_interrupted_shutdown_leaves_the_node_as_a_crash_would_and_a_second_call_completes_it(
+def _let_the_stop_end(m: TaskManager, go: threading.Event) -> None:
+    """After a test of an interrupted shutdown, pass or fail: let the stop end before the next test."""
+    go.set()
+    deadline = time.monotonic() + WAIT
+    while m.state != "shut down" and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+CORE_BUG_INTERRUPTED_JOIN = (
+    "core bug: Lifecycle.stop waits with Thread.join(); on CPython 3.11 a KeyboardInterrupt in "
+    "join() marks the stopper, still running, as stopped (bpo-45274's handler releases its "
+    "tstate lock): a later shutdown() no longer waits for it, nor does the interpreter's exit")
+
+
+@pytest.mark.xfail(strict=True, reason=CORE_BUG_INTERRUPTED_JOIN)
+def test_an_interrupted_shutdown_leaves_the_stop_going_and_a_second_call_waits_for_it(
     db_path: str, monkeypatch
 ) -> None:
     """A second Ctrl-C while shutdown() waited for a callable used to deregister the node and close
     the store under the callable: its outcome was lost, its task left RUNNING under a node no
     longer registered, which no live node would take over (found by review). Then the node stayed
-    but stopped heartbeating, and another node ran the task again (found by the next review)."""
+    but stopped heartbeating, and another node ran the task again (found by the next review). The
+    interrupt now ends only the wait: the stopper goes on (lease, outcomes, hand-back, leave)."""
     m, tid, go = _gated_node(db_path, node_timeout=0.6)
+    node = rooms(m).node
+    real = node.keep_alive
+    stopper: list[threading.Thread] = []
 
-    def interrupted() -> None:
-        raise KeyboardInterrupt
+    def interrupting() -> None:  # the stopper's first look after the callable, while shutdown() waits
+        if not stopper:
+            stopper.append(threading.current_thread())
+            time.sleep(0.2)  # the main thread is in shutdown()'s wait by now
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: KeyboardInterrupt on the waiting main thread
+        real()
 
-    with monkeypatch.context() as patch:
-        patch.setattr(m, "_keep_alive", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            m.shutdown()
-    assert m._store.Node.select().where(m._store.Node.node == m.node).exists()  # still registered
-    b = TaskManager(db_path, poll_interval=0.02, node_timeout=0.6)
-    b.register("held", lambda ctx: "run again")
-    b.start()
-    time.sleep(1.5)  # the interrupted node's poll keeps it alive: b does not take its task over
-    assert b.get(tid).status is S.RUNNING and b.get(tid).retries == 0
-    b.shutdown()
-    go.set()
-    assert m.wait(tid, WAIT).result_value == "done"  # the store was left open: the outcome is recorded
-    m.shutdown()  # completes it
-    assert m._state.name == "SHUT_DOWN"
-    other = TaskManager(db_path)
-    assert list(other._store.Node.select()) == []
-    other.shutdown()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(node, "keep_alive", interrupting)
+            with pytest.raises(KeyboardInterrupt):
+                m.shutdown()
+        assert stopper[0].is_alive() and not stopper[0].daemon  # the stop goes on; the exit waits for it
+        assert m.state == "stopping"
+        assert m.node in registered_nodes(db_path)  # still registered
+        b = TaskManager(db_path, poll_interval=0.02, node_timeout=0.6)
+        b.register("held", lambda ctx: "run again")
+        b.start()
+        time.sleep(1.5)  # the stopper keeps the interrupted node alive: b does not take its task over
+        assert b.get(tid).status is S.RUNNING and b.get(tid).retries == 0
+        b.shutdown()
+        go.set()
+        assert m.wait(tid, WAIT).result_value == "done"  # the store is still open: the outcome is recorded
+        m.shutdown()  # waits for the stopper
+        assert m.state == "shut down"
+        assert registered_nodes(db_path) == []
+    finally:
+        _let_the_stop_end(m, go)
 
 
 def test_managers_whose_callables_shut_each_other_down_both_stop(db_path: str, tmp_path) -> None:
@@ -564,31 +644,44 @@ def test_managers_whose_callables_shut_each_other_down_both_stop(db_path: str, t
     a.submit("stop")
     b.submit("stop")
     deadline = time.monotonic() + WAIT
-    while (a._state.name, b._state.name) != ("SHUT_DOWN", "SHUT_DOWN"):
-        assert time.monotonic() < deadline, (a._state, b._state)
+    while (a.state, b.state) != ("shut down", "shut down"):
+        assert time.monotonic() < deadline, (a.state, b.state)
         time.sleep(0.02)
 
 
-def test_a_shutdown_interrupted_in_its_last_writes_is_left_for_the_exit_to_complete(db_path: str, monkeypatch) -> None:
-    from taskmgr import manager as manager_module
-
+@pytest.mark.xfail(strict=True, reason=CORE_BUG_INTERRUPTED_JOIN)
+def test_a_shutdown_interrupted_in_its_last_writes_still_completes(db_path: str, monkeypatch) -> None:
+    """A Ctrl-C while the shutdown made its last writes used to cut them short, leaving the node
+    registered, for the exit hook to complete. Those writes are the stopper's: the interrupt ends
+    only the wait, the stopper (no daemon: the interpreter's exit waits for it) completes them,
+    and a second call waits for it."""
     m = TaskManager(db_path, poll_interval=0.02)
     m.register("t", lambda ctx: 1)
     m.start()
+    node = rooms(m).node
+    real = node.leave
+    stopper: list[threading.Thread] = []
+    go = threading.Event()
 
-    def interrupted(node: str) -> None:
-        raise KeyboardInterrupt
+    def leave() -> None:  # the stop's last write: out of the registry
+        stopper.append(threading.current_thread())
+        time.sleep(0.2)  # the main thread is in shutdown()'s wait by now (it may not be at once)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt on the main thread, waiting in shutdown()
+        assert go.wait(WAIT)
+        real()
 
-    with monkeypatch.context() as patch:
-        patch.setattr(m._store, "remove_node", interrupted)
+    monkeypatch.setattr(node, "leave", leave)
+    try:
         with pytest.raises(KeyboardInterrupt):
             m.shutdown()
-    assert m in manager_module._LIVE  # the exit hook completes it (a second call does too)
-    m.shutdown()
-    assert m._state.name == "SHUT_DOWN" and m not in manager_module._LIVE
-    other = TaskManager(db_path)
-    assert list(other._store.Node.select()) == []
-    other.shutdown()
+        assert stopper[0].is_alive() and not stopper[0].daemon  # the stop goes on; the exit waits for it
+        assert m.state == "stopping" and m.node in registered_nodes(db_path)
+        go.set()
+        m.shutdown()  # waits for the stopper
+        assert m.state == "shut down"
+        assert registered_nodes(db_path) == []
+    finally:
+        _let_the_stop_end(m, go)
 
 
 def test_a_shutdown_on_the_thread_leading_a_commit_goes_on_in_a_thread_of_its_own(db_path: str) -> None:
@@ -604,11 +697,11 @@ def test_a_shutdown_on_the_thread_leading_a_commit_goes_on_in_a_thread_of_its_ow
         m.shutdown()
         returned.set()
 
-    m._store.write_async(lambda tx: None, callback=handler)
+    rooms(m).store.write_async(lambda tx: None, callback=handler)
     assert returned.wait(WAIT)
     deadline = time.monotonic() + WAIT
-    while m._state.name != "SHUT_DOWN":
-        assert time.monotonic() < deadline, m._state
+    while m.state != "shut down":
+        assert time.monotonic() < deadline, m.state
         time.sleep(0.01)
 
 
@@ -636,19 +729,19 @@ def test_a_node_taken_for_dead_cannot_overwrite_the_run_of_the_node_that_took_it
     a.register("job", in_a)
     with a:
         tid = a.submit("job")
-        _until(lambda: tid in a._running)
-        N, T = a._store.Node, a._store.Task
-        N.delete().where(N.node == a.node).execute()  # what a node that found it dead does
+        runner = rooms(a).runner
+        _until(lambda: runner.is_running(tid))
+        sql(db_path, "DELETE FROM taskmgr_node WHERE node = ?", (a.node,))  # what a node that found it dead does
         b = TaskManager(db_path, poll_interval=0.05)
         b.register("job", in_b)
         with b:
             assert b_started.wait(WAIT)  # b took the task over and runs it again
             _until(lambda: b.get(tid).progress == 5)
             a_go.set()  # a wakes up: its progress, then its outcome
-            _until(lambda: tid not in a._running)  # a's outcome went through its commit
+            _until(lambda: not runner.is_running(tid))  # a's outcome went through its commit
             task = b.get(tid)
             assert (task.status, task.progress, task.result) == (S.RUNNING, 5, None)
-            assert T.get_by_id(tid).owner == b.node
+            assert task_column(db_path, tid, "owner") == b.node
             b_go.set()
             done = b.wait(tid, WAIT)
     assert (done.status, done.result_value, done.retries) == (S.SUCCESS, "b's run", 1)
@@ -678,15 +771,16 @@ def test_a_restore_leaves_alone_a_node_that_registered_after_it_began(db_path: s
     c = TaskManager(db_path, poll_interval=0.05)
     c.register("job", job)
     reaped, resume = threading.Event(), threading.Event()
-    real_reap = c._store.reap_nodes
+    store = rooms(c).store
+    real_reap = store.reap_nodes
 
-    def slow_reap(timeout_ms: int):  # C has read the node table, then is slow for a while
-        out = real_reap(timeout_ms)
+    def slow_reap(*args, **kwargs):  # type: ignore[no-untyped-def]  # C has read the node table, then is slow
+        out = real_reap(*args, **kwargs)
         reaped.set()
         assert resume.wait(WAIT)
         return out
 
-    monkeypatch.setattr(c._store, "reap_nodes", slow_reap)
+    monkeypatch.setattr(store, "reap_nodes", slow_reap)
     starting = threading.Thread(target=c.start)
     starting.start()
     b = TaskManager(db_path, poll_interval=0.05)
@@ -695,10 +789,10 @@ def test_a_restore_leaves_alone_a_node_that_registered_after_it_began(db_path: s
         assert reaped.wait(WAIT)
         b.start()
         tid = b.submit("job")
-        _until(lambda: tid in b._running)
+        _until(lambda: rooms(b).runner.is_running(tid))
         resume.set()
         starting.join(WAIT)
-        assert b._store.Task.get_by_id(tid).owner == b.node
+        assert task_column(db_path, tid, "owner") == b.node
         go.set()
         done = b.wait(tid, WAIT)
         assert (done.status, done.retries, runs) == (S.SUCCESS, 0, [tid])
@@ -728,12 +822,11 @@ def test_a_node_that_claims_back_a_task_it_still_runs_does_not_run_it_twice(db_p
     with x:
         tid = x.submit("job")
         _until(lambda: runs == [tid])
-        N = x._store.Node
-        N.delete().where(N.node == x.node).execute()  # what a node that found x dead does
+        sql(db_path, "DELETE FROM taskmgr_node WHERE node = ?", (x.node,))  # what a node that found x dead does
         a = TaskManager(db_path, executor=StepExecutor())
         a.register("job", job)
         a.start()  # takes the task over (x is not registered) ...
-        assert a._store.Task.get_by_id(tid).owner == a.node
+        assert task_column(db_path, tid, "owner") == a.node
         a.shutdown()  # ... and hands it back: RESTORING, nobody's, for x's next poll to claim
         _until(lambda: "already running on this node" in caplog.text)
         assert x.get(tid).status is S.RUNNING
@@ -758,10 +851,10 @@ def test_a_node_leaves_alone_the_unowned_tasks_of_types_it_does_not_register(db_
         delayed = client.submit("b", delay=0.001)
         time.sleep(0.01)  # the delay is over
         a.start()  # its restore
-        a._wake_due()  # and its wake-up of due PENDING tasks
+        rooms(a).node.wake_due()  # and its wake-up of due PENDING tasks
         assert (client.get(new).status, client.get(delayed).status) == (S.NEW, S.PENDING)
-        b._claim()
-        b._wake_due()
+        rooms(b).node.claim()
+        rooms(b).node.wake_due()
         assert [t.status for t in b.wait_many([new, delayed], WAIT)] == [S.SUCCESS, S.SUCCESS]
     finally:
         a.shutdown()
@@ -776,18 +869,19 @@ def test_a_node_heartbeats_while_a_long_restore_runs(db_path: str, gates: Gates,
     m = TaskManager(db_path, poll_interval=3600, node_timeout=0.3)  # a heartbeat due every 0.1 s
     register_test_types(m, gates)
     beats: list[float] = []
-    real_beat, real_batch = m._store.heartbeat, m._restore_batch
+    store = rooms(m).store
+    real_beat, real_batch = store.heartbeat, moves.take_over
 
     def beat(node: str) -> bool:
         beats.append(time.monotonic())
         return real_beat(node)
 
-    def slow_batch(tx, *args):  # type: ignore[no-untyped-def]
+    def slow_batch(tx, *args):  # type: ignore[no-untyped-def]  # one take-over transaction
         time.sleep(0.15)  # a batch slower than the heartbeat's interval
         return real_batch(tx, *args)
 
-    monkeypatch.setattr(m._store, "heartbeat", beat)
-    monkeypatch.setattr(m, "_restore_batch", slow_batch)
+    monkeypatch.setattr(store, "heartbeat", beat)
+    monkeypatch.setattr(moves, "take_over", slow_batch)
     began = time.monotonic()
     m.start()
     try:
@@ -798,37 +892,40 @@ def test_a_node_heartbeats_while_a_long_restore_runs(db_path: str, gates: Gates,
         m.shutdown()
 
 
-def test_a_task_marked_unknown_for_its_type_is_restored_by_the_next_node_that_knows_it(db_path: str,
-                                                                                     gates: Gates) -> None:
+def test_a_due_task_of_a_type_the_taker_does_not_run_is_left_for_the_next_node_that_knows_it(db_path: str,
+                                                                                           gates: Gates) -> None:
     """A dead node's delayed task of type 'echo' is taken over by node a, which does not know the
-    type; when it falls due, a marks it UNKNOWN. It stayed owned by a, so while a lived no node that
-    starts knowing the type restored it (found by review). An UNKNOWN task is now nobody's."""
+    type; when it fell due, a marked it UNKNOWN, and it stayed owned by a, so while a lived no node
+    that starts knowing the type restored it (found by review). It is now left PENDING and
+    nobody's, due as it was: a's wake-ups pass it by, and a node that runs the type wakes it."""
     (tid,) = _leave_behind(db_path, gates, [S.PENDING], run_at=1)  # long due
     a = TaskManager(db_path, poll_interval=0.05)
     a.register("other", lambda ctx: 0)
     with a:
-        _until(lambda: a.get(tid).status is S.UNKNOWN)
-        assert a._store.Task.get_by_id(tid).owner is None
+        assert (a.get(tid).status, task_column(db_path, tid, "owner")) == (S.PENDING, None)
+        rooms(a).node.wake_due()  # as a's polls do
+        time.sleep(0.2)  # and a few of them
+        assert (a.get(tid).status, task_column(db_path, tid, "owner"), task_column(db_path, tid, "run_at")) == (
+            S.PENDING, None, 1)
         b = TaskManager(db_path, poll_interval=0.05)
         register_test_types(b, gates)
         with b:
             assert b.wait(tid, WAIT).status is S.SUCCESS
 
 
-def test_max_restores_holds_for_a_task_that_went_unknown_on_the_way(db_path: str, gates: Gates) -> None:
-    """A task interrupted while running, restored by a node that does not know its type, goes
+def test_max_restores_holds_for_a_task_left_for_another_node_on_the_way(db_path: str, gates: Gates) -> None:
+    """A task interrupted while running, restored by a node that does not know its type, went
     UNKNOWN; that restore counted nothing, so a task that kills its process every time went round
-    and round between nodes that knew its type and nodes that did not (found by review). The
-    interruption now counts however the task is restored."""
+    and round between nodes that knew its type and nodes that did not (found by review). Such a
+    node now leaves it RESTORING and nobody's; the interruption counts however the task is restored."""
     (tid,) = _leave_behind(db_path, gates, [S.RUNNING])
-    T = None
     a = TaskManager(db_path, max_restores=1)
     a.register("other", lambda ctx: 0)
     with a:
-        T = a._store.Task
-        row = T.get_by_id(tid)
-        assert (row.status, row.restores, row.retries) == ("unknown", 1, 1)
-    T.update(status=S.RUNNING.value, owner="gone-host:2:dead", ran=1).where(T.id == tid).execute()  # crashed again
+        row = sql(db_path, "SELECT status, restores, retries, owner FROM taskmgr_task WHERE id = ?", (tid,))[0]
+        assert row == ("restoring", 1, 1, None)
+    sql(db_path, "UPDATE taskmgr_task SET status = 'running', owner = 'gone-host:2:dead', ran = 1 WHERE id = ?",
+        (tid,))  # a node that knew the type claimed it, ran it, and crashed again
     b = TaskManager(db_path, max_restores=1)
     register_test_types(b, gates)
     with b:
@@ -839,26 +936,44 @@ def test_max_restores_holds_for_a_task_that_went_unknown_on_the_way(db_path: str
 
 def test_a_wake_up_retry_is_one_at_a_time_and_starts_over_once_nothing_is_held(db_path: str,
                                                                               monkeypatch) -> None:
-    """The look again at due tasks held by another transaction (PostgreSQL; driven by hand here):
-    one pending at a time, its delay doubling while rows stay held, back to the least once a
-    wake-up finds nothing held (also when it finds nothing due: the hold may end with the task
-    cancelled elsewhere), and not stuck when it could not be scheduled (found by review)."""
+    """The look again at due tasks held by another transaction (PostgreSQL; faked here: every due
+    row reads as held): one pending at a time, its delay doubling while rows stay held, back to the
+    least once a wake-up finds nothing held (also when it finds nothing due: the hold may end with
+    the task suspended or cancelled elsewhere), and not stuck when it could not be scheduled
+    (found by review)."""
     m = TaskManager(db_path, poll_interval=3600)
+    m.register("t", lambda ctx: "ran")
     timed: list[tuple[float, object]] = []
+    real_wake = moves.wake
+    monkeypatch.setattr(moves, "wake", lambda tx, actor, ids, now: ([], True))  # each due row held elsewhere
     with m:
-        monkeypatch.setattr(m._executor, "call_at", lambda when, fn: timed.append((when, fn)))
-        m._retry_wake()
-        m._retry_wake()  # a poll that finds the row still held: no second retry
-        assert len(timed) == 1 and m._wake_retry_delay == 2 * m.WAKE_RETRY
-        timed.pop()[1]()  # the retry: nothing due any more
-        assert timed == [] and m._wake_retry_delay == m.WAKE_RETRY
+        node, executor = rooms(m).node, rooms(m).executor
+        monkeypatch.setattr(executor, "call_at", lambda when, fn: timed.append((when, fn)))
+
+        def due_task() -> int:
+            tid = m.submit("t", delay=0.001)
+            timed.clear()  # the submit's own timed wake-up
+            time.sleep(0.01)  # due
+            return tid
+
+        tid = due_task()
+        node.wake_due()
+        node.wake_due()  # a poll that finds the row still held: no second retry
+        assert len(timed) == 1 and node.wake_retry_delay == 2 * Node.WAKE_RETRY
+        m.suspend(tid)  # the hold ends with the task suspended: nothing due any more
+        timed.pop()[1]()  # the retry
+        assert timed == [] and node.wake_retry_delay == Node.WAKE_RETRY
 
         def refuse(when: float, fn: object) -> None:
             raise RuntimeError("no timed calls now")
 
-        monkeypatch.setattr(m._executor, "call_at", refuse)
+        due_task()
+        monkeypatch.setattr(executor, "call_at", refuse)
         with pytest.raises(RuntimeError):
-            m._retry_wake()
-        monkeypatch.setattr(m._executor, "call_at", lambda when, fn: timed.append((when, fn)))
-        m._retry_wake()
+            node.wake_due()
+        monkeypatch.setattr(executor, "call_at", lambda when, fn: timed.append((when, fn)))
+        node.wake_due()
         assert len(timed) == 1
+        monkeypatch.setattr(moves, "wake", real_wake)  # the other transaction ends
+        timed.pop()[1]()
+        assert timed == [] and node.wake_retry_delay == Node.WAKE_RETRY

@@ -1,9 +1,14 @@
 """A task that finds no worker free at its submit: the commits after it try to start it.
 
 Each try is an operation in the transaction of a later commit that reserves a
-worker if one is free and moves the task QUEUED -> RUNNING (see "Who runs a
-task" in :mod:`taskmgr.manager`). These tests hold the only worker with a
-``gate`` task so that the tries meet a busy pool for as long as they need.
+worker if one is free and moves the task QUEUED -> RUNNING (see
+:mod:`taskmgr._dispatch`). These tests hold the only worker with a ``gate``
+task so that the tries meet a busy pool for as long as they need.
+
+Seen through public seams: a try asks the executor for a worker ahead of the
+line (``reserve(1, ahead_of_queue=True)``), a try that holds one moves the task
+with :func:`taskmgr._moves.start_queued`, and a worker's own start is
+:func:`taskmgr._moves.start`.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import pytest
 
 from conftest import WAIT, Gates, register_test_types
 from taskmgr import TaskManager, TaskStatus
-from taskmgr import manager as manager_module
+from taskmgr import _moves as moves
+from taskmgr.testing import rooms
 
 S = TaskStatus
 
 
 def _spy(monkeypatch, name: str, calls: list[int], fault=None):
-    """Record each call of ``manager_module.<name>`` by task id; ``fault(task_id, result)`` may raise."""
-    real = getattr(manager_module, name)
+    """Record each call of ``taskmgr._moves.<name>`` by task id; ``fault(task_id, result)`` may raise."""
+    real = getattr(moves, name)
 
     def spied(tx, *args):
         task_id = args[-1]
@@ -34,7 +40,24 @@ def _spy(monkeypatch, name: str, calls: list[int], fault=None):
             fault(task_id, result)
         return result
 
-    monkeypatch.setattr(manager_module, name, spied)
+    monkeypatch.setattr(moves, name, spied)
+
+
+def _count_tries(monkeypatch, mgr: TaskManager) -> list[int]:
+    """A list that grows by one at each try that asks the executor for a worker (a try that holds
+    one already, after its batch was rolled back, asks no more)."""
+    executor = rooms(mgr).executor
+    real = executor.reserve
+    asked: list[int] = []
+
+    def reserve(n: int, *, ahead_of_queue: bool = False) -> int:
+        got = real(n, ahead_of_queue=ahead_of_queue)
+        if ahead_of_queue:  # a try's: the task was in line before every call now waiting
+            asked.append(got)
+        return got
+
+    monkeypatch.setattr(executor, "reserve", reserve)
+    return asked
 
 
 def _until(predicate, what: str) -> None:
@@ -56,16 +79,26 @@ def _busy_manager(db_path: str, gates: Gates, tries: int, workers: int = 1) -> t
     return mgr, blocker
 
 
+def _trying(mgr: TaskManager) -> int:
+    return rooms(mgr).dispatcher.trying
+
+
+def _idle(mgr: TaskManager) -> bool:
+    """No callable runs on the manager's executor (its ``join`` says so at once)."""
+    return rooms(mgr).executor.join(0)
+
+
 def _no_worker_held(mgr: TaskManager) -> None:
-    executor = mgr._executor
-    assert mgr._later == {}
+    executor = rooms(mgr).executor
+    assert _trying(mgr) == 0
+    # TODO(seam): read-only PoolExecutor.reserved and PoolExecutor.busy for _reserved and _busy
     assert executor._reserved == 0 and executor._busy == 0 and executor.queued == 0
 
 
 def test_a_task_that_found_the_workers_busy_is_started_by_a_later_commit(db_path: str, gates: Gates,
                                                                          monkeypatch) -> None:
     by_worker: list[int] = []
-    _spy(monkeypatch, "_op_start", by_worker)
+    _spy(monkeypatch, "start", by_worker)
     mgr, blocker = _busy_manager(db_path, gates, tries=100_000)  # tries until the worker is free
     try:
         tid = mgr.submit("echo", "later")
@@ -84,20 +117,19 @@ def test_a_task_that_found_the_workers_busy_is_started_by_a_later_commit(db_path
 def test_after_its_tries_a_task_waits_in_the_executors_queue_for_a_worker_to_start_it(
     db_path: str, gates: Gates, monkeypatch
 ) -> None:
-    tries: list[int] = []
     by_worker: list[int] = []
-    _spy(monkeypatch, "_op_start_later", tries)
-    _spy(monkeypatch, "_op_start", by_worker)
+    _spy(monkeypatch, "start", by_worker)
     mgr, _blocker = _busy_manager(db_path, gates, tries=3)
+    tries = _count_tries(monkeypatch, mgr)
     try:
         tid = mgr.submit("echo", "queued")
-        _until(lambda: tid not in mgr._later, "the end of the tries")
-        assert tries.count(tid) == 3
-        assert mgr.get(tid).status is S.QUEUED and mgr._executor.queued == 1
+        _until(lambda: _trying(mgr) == 0, "the end of the tries")
+        assert tries == [0, 0, 0]  # three tries (the only task tried), each finding no worker free
+        assert mgr.get(tid).status is S.QUEUED and rooms(mgr).executor.queued == 1
         gates.release.set()
         assert mgr.wait(tid, WAIT).result == '"queued"'
         assert by_worker == [tid]
-        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _until(lambda: _idle(mgr), "the gate's end")
         _no_worker_held(mgr)
     finally:
         gates.release.set()
@@ -105,15 +137,16 @@ def test_after_its_tries_a_task_waits_in_the_executors_queue_for_a_worker_to_sta
 
 
 def test_without_tries_a_worker_starts_the_task(db_path: str, gates: Gates, monkeypatch) -> None:
-    tries: list[int] = []
-    _spy(monkeypatch, "_op_start_later", tries)
+    moved: list[int] = []
+    _spy(monkeypatch, "start_queued", moved)
     mgr, _blocker = _busy_manager(db_path, gates, tries=0)
+    tries = _count_tries(monkeypatch, mgr)
     try:
         tid = mgr.submit("echo", 1)
-        assert mgr._later == {} and mgr._executor.queued == 1
+        assert _trying(mgr) == 0 and rooms(mgr).executor.queued == 1
         gates.release.set()
         assert mgr.wait(tid, WAIT).status is S.SUCCESS
-        assert tries == []
+        assert tries == [] and moved == []
     finally:
         gates.release.set()
         mgr.shutdown()
@@ -134,8 +167,8 @@ def test_a_task_cancelled_suspended_or_deleted_while_its_start_is_tried_never_st
             mgr.delete(tid, force=True)
         gates.release.set()
         assert mgr.wait(blocker, WAIT).status is S.SUCCESS
-        _until(lambda: tid not in mgr._later, "the end of the tries")
-        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _until(lambda: _trying(mgr) == 0, "the end of the tries")
+        _until(lambda: _idle(mgr), "the gate's end")
         assert tid not in gates.ran
         if control == "delete":
             assert mgr.list(limit=-1)[0].id == blocker and len(mgr.list(limit=-1)) == 1
@@ -162,7 +195,7 @@ def test_a_batch_run_again_does_not_reserve_a_second_worker(db_path: str, gates:
             failed.append(task_id)
             raise peewee.OperationalError("database is locked")
 
-    _spy(monkeypatch, "_op_start_later", tries, locked_once)
+    _spy(monkeypatch, "start_queued", tries, locked_once)  # the move of a try that holds a worker
     mgr, blocker = _busy_manager(db_path, gates, tries=100_000, workers=2)
     try:
         tid = mgr.submit("echo", "again")
@@ -170,7 +203,7 @@ def test_a_batch_run_again_does_not_reserve_a_second_worker(db_path: str, gates:
         assert mgr.wait(tid, WAIT).status is S.SUCCESS
         assert failed == [tid] and tries.count(tid) >= 2
         assert mgr.wait(blocker, WAIT).status is S.SUCCESS
-        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _until(lambda: _idle(mgr), "the gate's end")
         _no_worker_held(mgr)
         direct = mgr.submit("echo", "direct")  # the worker is free: a submit reserves it again
         assert mgr.wait(direct, WAIT).status is S.SUCCESS
@@ -191,8 +224,8 @@ def test_a_try_whose_commit_fails_gives_its_worker_back_and_a_worker_starts_the_
             failed.append(task_id)
             raise peewee.OperationalError("database or disk is full")
 
-    _spy(monkeypatch, "_op_start_later", [], full)
-    _spy(monkeypatch, "_op_start", by_worker)
+    _spy(monkeypatch, "start_queued", [], full)  # the move of a try that holds a worker
+    _spy(monkeypatch, "start", by_worker)
     mgr, blocker = _busy_manager(db_path, gates, tries=100_000)
     try:
         tid = mgr.submit("echo", "by a worker")
@@ -201,7 +234,7 @@ def test_a_try_whose_commit_fails_gives_its_worker_back_and_a_worker_starts_the_
         assert set(failed) == {tid} and by_worker == [tid]
         assert [m.to_status for m in mgr.history(tid)] == [S.NEW, S.QUEUED, S.RUNNING, S.SUCCESS]
         assert mgr.wait(blocker, WAIT).status is S.SUCCESS
-        _until(lambda: mgr._executor._busy == 0, "the gate's end")
+        _until(lambda: _idle(mgr), "the gate's end")
         _no_worker_held(mgr)
     finally:
         gates.release.set()
@@ -212,7 +245,7 @@ def test_a_shutdown_hands_back_a_task_whose_start_was_still_tried(db_path: str, 
     mgr, blocker = _busy_manager(db_path, gates, tries=100_000)
     tid = mgr.submit("echo", "next time")
     mgr.shutdown(wait=False)  # the gate still runs: abandoned, as by a crash
-    assert mgr._later == {}
+    assert _trying(mgr) == 0
     gates.release.set()
     again = TaskManager(db_path, workers=1)
     register_test_types(again, gates)
@@ -256,8 +289,8 @@ def test_a_task_whose_tries_ended_goes_ahead_of_those_submitted_meanwhile(db_pat
     with _busy_recording(db_path, gates, tries=4, workers=2) as (mgr, started):
         first = mgr.submit_many("rec", [0, 1])  # fits the tries: both are tried by the next commits
         rest = [mgr.submit("rec", i) for i in range(2, 6)]  # the tries are full: these wait in line
-        _until(lambda: mgr._later == {}, "the end of the tries")
-        assert mgr._executor.waiting == 6  # the tried two went back in line, in their place
+        _until(lambda: _trying(mgr) == 0, "the end of the tries")
+        assert rooms(mgr).executor.waiting == 6  # the tried two went back in line, in their place
         gates.release.set()
         for tid in first + rest:
             mgr.wait(tid, WAIT)
@@ -270,10 +303,10 @@ def test_a_task_being_tried_gives_way_to_none_that_came_after_it(db_path: str, g
     # that finds no worker puts it back in line, ahead: a freed worker takes it first
     with _busy_recording(db_path, gates, tries=100_000, workers=1) as (mgr, started):
         tried = mgr.submit("rec", "tried")
-        assert list(mgr._later) == [tried]
+        assert _trying(mgr) == 1 and mgr.get(tried).status is S.QUEUED  # the one task tried is `tried`
         waiting = mgr.submit("rec", "in line")  # the tries are full (one worker's worth): in line
-        _until(lambda: mgr._later == {}, "the end of the tries")
-        assert mgr._executor.waiting == 2
+        _until(lambda: _trying(mgr) == 0, "the end of the tries")
+        assert rooms(mgr).executor.waiting == 2
         gates.release.set()
         mgr.wait(waiting, WAIT)
         assert started == ["tried", "in line"]
@@ -288,6 +321,7 @@ def test_the_executor_puts_a_call_back_where_it_was_in_line() -> None:
 
     def line() -> list[str]:
         names = {id(fn): name for name, fn in calls.items()}
+        # TODO(seam): a read-only PoolExecutor.line (the unreserved calls in order) for _ready
         return [names[id(fn)] for _, fn in ex._ready]
 
     ex.submit(calls["a"])
@@ -299,6 +333,7 @@ def test_the_executor_puts_a_call_back_where_it_was_in_line() -> None:
     ex.submit_from(calls["x"], mark_1)
     ex.submit_from(calls["z"], ex.mark())
     assert line() == ["a", "x", "b", "y", "c", "z"]
+    # TODO(seam): the call a drain takes next (PoolExecutor.line[0] would do) for _next()
     assert ex._next() is calls["a"] and ex._next() is calls["x"]
     ex.submit_from(calls["w"], mark_1)  # ahead of all that came after its place, b included
     assert line() == ["w", "b", "y", "c", "z"]

@@ -123,6 +123,7 @@ def test_a_store_follows_any_walk_of_the_table_and_records_it(tmp_path_factory, 
         store.close()
 
 
+@settings(deadline=None)  # each example opens a manager on a new file: one took 416 ms in a full run
 @given(name=task_type_names())
 def test_generated_type_names_register(name) -> None:
     with inline_manager() as mgr:

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from taskmgr import InvalidArgument, TaskContext, TaskManager, TaskNotFound, TaskStatus as S, WaitTimeout
+from taskmgr.store import Store
+from taskmgr.testing import rooms
 
 from conftest import WAIT, Gates
 
@@ -100,18 +102,20 @@ def test_two_waiters_each_hear_their_own_tasks(slow_poll: TaskManager, gates: Ga
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             results[name] = exc
 
+    waiters = rooms(slow_poll).waiters
     first = threading.Thread(target=waiter, args=("a", a))
     first.start()
-    _until(lambda: len(slow_poll._watchers) == 1)
+    # TODO(seam): a read-only Waiters.watching (how many wait_many() calls watch the commits) for _watchers
+    _until(lambda: len(waiters._watchers) == 1)
     second = threading.Thread(target=waiter, args=("b", b))
     second.start()
-    _until(lambda: len(slow_poll._watchers) == 2)
+    _until(lambda: len(waiters._watchers) == 2)
     slow_poll.release["b"].set()  # type: ignore[attr-defined]
     second.join(WAIT + 5)
     slow_poll.release["a"].set()  # type: ignore[attr-defined]
     first.join(WAIT + 5)
     assert results == {"a": S.SUCCESS, "b": S.SUCCESS}
-    assert slow_poll._watchers == {}
+    assert waiters._watchers == {}
 
 
 def test_sees_changes_made_by_another_process_at_its_poll(db_path: str, gates: Gates) -> None:
@@ -171,14 +175,15 @@ def test_a_pass_over_unfinished_tasks_reads_their_statuses_not_their_rows(db_pat
         done = m.submit("noop")
         m.wait(done, WAIT)
         rows_read: list[int] = []
-        select = type(m._store).select
+        select = Store.select
 
         def counting(self, **kw):  # type: ignore[no-untyped-def]
             found = select(self, **kw)
             rows_read.append(len(found))
             return found
 
-        monkeypatch.setattr(type(m._store), "select", counting)
+        assert type(rooms(m).store) is Store
+        monkeypatch.setattr(Store, "select", counting)
         with pytest.raises(WaitTimeout, match="^1500 of 1501 tasks are still not terminal"):
             m.wait_many([done, *waiting], 0.3)
         assert sum(rows_read) == 1  # the finished one, once
@@ -210,7 +215,7 @@ def test_list_by_ids_reads_in_parts_like_in_one(tmp_path_factory: pytest.TempPat
     with TaskManager(path, executor="inline") as m:
         m.register("noop", lambda ctx: None)
         m.submit_many("noop", [None] * 25)  # ids 1..25; 26..40 do not exist
-        m._store.IDS_PER_READ = per_read
+        rooms(m).store.IDS_PER_READ = per_read
         got = [t.id for t in m.list(ids=wanted, limit=limit)]
     expected = sorted({i for i in wanted if i <= 25})
     assert got == (expected if limit < 0 else expected[:limit])
@@ -221,10 +226,11 @@ def test_a_long_list_of_ids_is_one_of_a_few_statements(mgr: TaskManager) -> None
     assert [t.id for t in mgr.wait_many(ids, WAIT)] == ids
     listed = mgr.list(ids=[*ids, *range(10**6, 10**6 + 40_000)], limit=-1)  # past SQLite's 32,766 parameters
     assert [t.id for t in listed] == ids
-    shapes = mgr._store.list_shapes
+    store = rooms(mgr).store
+    shapes = store.list_shapes
     for n in range(1, 101):
         assert [t.id for t in mgr.list(ids=ids[:n])] == ids[:n]
-    assert mgr._store.list_shapes - shapes <= 8  # widths 1, 2, 4, ... 128 at most
+    assert store.list_shapes - shapes <= 8  # widths 1, 2, 4, ... 128 at most
 
 
 def _until(cond: object) -> None:
