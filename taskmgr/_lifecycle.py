@@ -59,6 +59,7 @@ class Lifecycle:
         self._starting: int | None = None  # the thread inside start(), while it is
         self._deferred: StopRequest | None = None  # a stop asked by that very thread (a signal handler)
         self._stopper: threading.Thread | None = None
+        self._stopped = threading.Event()  # set by the stopper as it ends: what a stop waits for
         self._joiners = 0  # callers waiting for the stopper
         self._stop_error: BaseException | None = None
 
@@ -120,12 +121,18 @@ class Lifecycle:
                 stopper.start()
             if not may_wait or self._joiners or stopper is threading.current_thread():
                 return
-            self._joiners += 1
+        counted = False
         try:
-            stopper.join()
-        finally:
             with self._state_lock:
-                self._joiners -= 1
+                self._joiners += 1
+                counted = True
+            # an Event, not Thread.join(): on CPython 3.11 a KeyboardInterrupt in join() marks the
+            # thread stopped while it still runs, and the interpreter's exit would not wait for it
+            self._stopped.wait()
+        finally:
+            if counted:
+                with self._state_lock:
+                    self._joiners -= 1
         error, self._stop_error = self._stop_error, None
         if error is not None:
             raise error
@@ -140,6 +147,7 @@ class Lifecycle:
             finally:
                 with self._state_lock:
                     self.state = State.SHUT_DOWN
+                self._stopped.set()
 
 
 #: started lifecycles not yet stopping: the interpreter's exit stops them (see _at_exit)

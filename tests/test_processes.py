@@ -264,10 +264,6 @@ print("the stop goes on" if stopper[0].is_alive() else "the stop is abandoned", 
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: Lifecycle.stop waits with Thread.join(); on CPython 3.11 a KeyboardInterrupt in join() "
-    "marks the stopper, still running, as stopped (bpo-45274's handler releases its tstate lock): the "
-    "interpreter's exit no longer waits for it, and the callables' outcomes are lost"))
 def test_a_shutdown_interrupted_then_the_script_ending_still_records_every_outcome(db_path: str) -> None:
     """An interrupt used to cut the shutdown short: the callables' outcomes were lost, and the node
     left registered (found by review). The interrupt now ends only the wait for the stopper, which

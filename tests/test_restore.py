@@ -573,13 +573,7 @@ def _let_the_stop_end(m: TaskManager, go: threading.Event) -> None:
         time.sleep(0.01)
 
 
-CORE_BUG_INTERRUPTED_JOIN = (
-    "core bug: Lifecycle.stop waits with Thread.join(); on CPython 3.11 a KeyboardInterrupt in "
-    "join() marks the stopper, still running, as stopped (bpo-45274's handler releases its "
-    "tstate lock): a later shutdown() no longer waits for it, nor does the interpreter's exit")
 
-
-@pytest.mark.xfail(strict=True, reason=CORE_BUG_INTERRUPTED_JOIN)
 def test_an_interrupted_shutdown_leaves_the_stop_going_and_a_second_call_waits_for_it(
     db_path: str, monkeypatch
 ) -> None:
@@ -649,7 +643,6 @@ def test_managers_whose_callables_shut_each_other_down_both_stop(db_path: str, t
         time.sleep(0.02)
 
 
-@pytest.mark.xfail(strict=True, reason=CORE_BUG_INTERRUPTED_JOIN)
 def test_a_shutdown_interrupted_in_its_last_writes_still_completes(db_path: str, monkeypatch) -> None:
     """A Ctrl-C while the shutdown made its last writes used to cut them short, leaving the node
     registered, for the exit hook to complete. Those writes are the stopper's: the interrupt ends
