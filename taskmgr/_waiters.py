@@ -40,6 +40,11 @@ class Waiters:
         self._sleeping = 0  # threads in a wait: a commit notifies only when there are some
         self._watchers: dict[object, list[int]] = {}  # one per wait_many(): the ids each commit finished
 
+    @property
+    def watching(self) -> int:
+        """How many ``wait_many`` calls watch the commits now."""
+        return len(self._watchers)
+
     def on_commit(self, changes: list[tuple[int, Any, TaskStatus]]) -> None:
         """The store's commit listener (on the committing thread)."""
         for _, _, to in changes:

@@ -293,6 +293,31 @@ class PoolExecutor(ExecutorBase):
         """Calls waiting in the FIFO without a reserved worker."""
         return len(self._ready)
 
+    @property
+    def line(self) -> list[Callable[[], None]]:
+        """The calls waiting without a reserved worker, in the order drains take them (a copy)."""
+        with self._pool_lock:
+            return [fn for _place, fn in self._ready]
+
+    @property
+    def busy(self) -> int:
+        """Callables running now."""
+        return self._busy
+
+    @property
+    def reserved(self) -> int:
+        """Workers promised to calls not yet submitted."""
+        return self._reserved
+
+    @property
+    def drains(self) -> dict[str, int]:
+        """The drain jobs, by what they do now (read at one moment): ``draining`` (added and not
+        returned), ``starting`` (not yet at the FIFO), ``parked``, ``rung`` (wakes not yet taken),
+        ``polling``, and ``busy`` (callables running)."""
+        with self._pool_lock:
+            return {"draining": self._draining, "starting": self._starting, "parked": self._parked,
+                    "rung": self._rung, "polling": self._polling, "busy": self._busy}
+
     def _spare(self) -> int:
         """Workers free beyond every open promise: how many unreserved calls may start now.
         Caller holds the lock."""

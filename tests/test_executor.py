@@ -41,9 +41,7 @@ class Drains(NamedTuple):
 
 
 def _drains(pool: PoolExecutor) -> Drains:
-    # TODO(seam): a read-only PoolExecutor.drains giving this snapshot (read under its lock): the
-    # drain mechanics have no public view yet, so this is the one place that reads the counters
-    return Drains(pool._draining, pool._starting, pool._parked, pool._rung, pool._polling, pool._busy)
+    return Drains(**pool.drains)
 
 
 @pytest.fixture

@@ -91,8 +91,7 @@ def _idle(mgr: TaskManager) -> bool:
 def _no_worker_held(mgr: TaskManager) -> None:
     executor = rooms(mgr).executor
     assert _trying(mgr) == 0
-    # TODO(seam): read-only PoolExecutor.reserved and PoolExecutor.busy for _reserved and _busy
-    assert executor._reserved == 0 and executor._busy == 0 and executor.queued == 0
+    assert executor.reserved == 0 and executor.busy == 0 and executor.queued == 0
 
 
 def test_a_task_that_found_the_workers_busy_is_started_by_a_later_commit(db_path: str, gates: Gates,
@@ -321,8 +320,7 @@ def test_the_executor_puts_a_call_back_where_it_was_in_line() -> None:
 
     def line() -> list[str]:
         names = {id(fn): name for name, fn in calls.items()}
-        # TODO(seam): a read-only PoolExecutor.line (the unreserved calls in order) for _ready
-        return [names[id(fn)] for _, fn in ex._ready]
+        return [names[id(fn)] for fn in ex.line]
 
     ex.submit(calls["a"])
     mark_1 = ex.mark()
@@ -333,9 +331,8 @@ def test_the_executor_puts_a_call_back_where_it_was_in_line() -> None:
     ex.submit_from(calls["x"], mark_1)
     ex.submit_from(calls["z"], ex.mark())
     assert line() == ["a", "x", "b", "y", "c", "z"]
-    # TODO(seam): the call a drain takes next (PoolExecutor.line[0] would do) for _next()
-    assert ex._next() is calls["a"] and ex._next() is calls["x"]
+    assert ex.line[0] is calls["a"] and ex.line[1] is calls["x"]  # what the drains take first
     ex.submit_from(calls["w"], mark_1)  # ahead of all that came after its place, b included
-    assert line() == ["w", "b", "y", "c", "z"]
-    assert ex.waiting == 5
+    assert line() == ["a", "x", "w", "b", "y", "c", "z"]  # behind those of its place, as put back in turn
+    assert ex.waiting == 7
     ex.shutdown(wait=False)

@@ -105,17 +105,16 @@ def test_two_waiters_each_hear_their_own_tasks(slow_poll: TaskManager, gates: Ga
     waiters = rooms(slow_poll).waiters
     first = threading.Thread(target=waiter, args=("a", a))
     first.start()
-    # TODO(seam): a read-only Waiters.watching (how many wait_many() calls watch the commits) for _watchers
-    _until(lambda: len(waiters._watchers) == 1)
+    _until(lambda: waiters.watching == 1)
     second = threading.Thread(target=waiter, args=("b", b))
     second.start()
-    _until(lambda: len(waiters._watchers) == 2)
+    _until(lambda: waiters.watching == 2)
     slow_poll.release["b"].set()  # type: ignore[attr-defined]
     second.join(WAIT + 5)
     slow_poll.release["a"].set()  # type: ignore[attr-defined]
     first.join(WAIT + 5)
     assert results == {"a": S.SUCCESS, "b": S.SUCCESS}
-    assert waiters._watchers == {}
+    assert waiters.watching == 0
 
 
 def test_sees_changes_made_by_another_process_at_its_poll(db_path: str, gates: Gates) -> None:
