@@ -85,6 +85,7 @@ class NodeRegistry:
             + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in (*cols[1:], "heartbeat")))
         self._renew = f"UPDATE {table} SET {q('heartbeat')} = {now} WHERE {q('node')} = {p}"
         self._remove = f"DELETE FROM {table} WHERE {q('node')} = {p}"
+        self._expire = f"UPDATE {table} SET {q('heartbeat')} = 0 WHERE {q('node')} = {p}"
         self._all = (f"SELECT {', '.join(map(q, ('node', 'host', 'pid', 'heartbeat', 'lease_ms', 'identity')))}, "
                      f"{now} FROM {table}")
         self._remove_expired = (f"{self._remove} AND {q('heartbeat')} + COALESCE(NULLIF({q('lease_ms')}, 0), {p}) "
@@ -105,6 +106,10 @@ class NodeRegistry:
     def remove(self, node: str) -> None:
         """Forget ``node`` (it shut down)."""
         self._write(lambda tx: tx.execute(self._remove, (node,)))
+
+    def expire(self, node: str) -> None:
+        """End ``node``'s lease now (it abandoned its runs): the next reaper takes it for dead."""
+        self._write(lambda tx: tx.execute(self._expire, (node,)))
 
     def reap(self, fallback_ms: int) -> tuple[set[str], list[str]]:
         """``(alive, dead)``, the dead removed (see the module docs); a row without a lease is

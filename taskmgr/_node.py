@@ -56,6 +56,7 @@ class Node:
         self._runner = runner
         self._actor = moves.Actor(name, types, True, max_restores)
         self._lease = lease
+        self._fallback_ms = int(lease * 1000)  # the lease of a node row that records none (schema 1)
         self._poll_interval = poll_interval
         self._clock = clock
         self._renewed = 0.0  # time.monotonic() of the last renewal
@@ -70,7 +71,13 @@ class Node:
         self._renewed = time.monotonic()
 
     def leave(self) -> None:
+        """Out of the registry: nothing of this node's runs any more."""
         self._store.remove_node(self.name)
+
+    def abandon(self) -> None:
+        """End the lease at once, for runs left going (a shutdown without wait): the next node to
+        look takes them over, as it would a crashed node's."""
+        self._store.expire_node(self.name)
 
     def heartbeat(self, take_over: bool = True) -> None:
         """Renew the lease (a third of it at a time); with ``take_over`` (every poll), take over
@@ -85,7 +92,7 @@ class Node:
             self._renewed = time.monotonic()
         if not take_over:
             return
-        _alive, dead = self._store.reap_nodes()
+        _alive, dead = self._store.reap_nodes(self._fallback_ms)
         if dead:
             log.warning("node(s) %s stopped without shutting down; taking over their tasks", ", ".join(dead))
         if dead or self._restore_owed:
@@ -96,7 +103,7 @@ class Node:
         """Take over the tasks of nodes no longer registered; returns how many it examined. A
         failure part-way leaves the rest owed to the next heartbeat, and is raised."""
         self._restore_owed = True
-        live, _dead = self._store.reap_nodes()
+        live, _dead = self._store.reap_nodes(self._fallback_ms)
         live.add(self.name)
         touched, after = 0, 0
         try:

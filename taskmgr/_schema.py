@@ -127,8 +127,8 @@ def check_readable(db: Database, task: Any, where: str) -> int:
         raise _unreadable(exc, where) from exc
     if version < code_version():
         raise StoreError(f"the task database {where} has schema version {version}, older than this taskmgr's "
-                         f"{code_version()}: run a writable open to migrate it (start a TaskManager on it, or "
-                         "open a Store without readonly=True), then read it")
+                         f"{code_version()}: run a writable open to migrate it (any TaskManager or Store "
+                         "without readonly=True), then read it")
     return version
 
 

@@ -267,7 +267,9 @@ class TaskManager:
         they are first asked to stop (see :class:`~taskmgr.context.TaskContext`),
         and one that stops is handed back too. While they run the node keeps
         its lease, notices remote cancels and saves progress. Without ``wait``
-        they are abandoned, as a crash abandons them.
+        they are abandoned, as a crash abandons them: the node's lease ends at
+        once, and the next node to look (a started one, within a poll) takes
+        their tasks over.
 
         Every other call works until it returns. Called from a task's callable,
         on the thread leading a commit (a signal handler), or while another
@@ -296,18 +298,24 @@ class TaskManager:
                 self._executor.shutdown(wait=wait)
             except Exception as exc:  # noqa: BLE001 - the node leaves and the store closes all the same
                 failed = exc
-            self._leave(at_exit)
+            self._leave(at_exit, wait)
         self._store.close()
         self._waiters.wake_all()
         if failed is not None:
             raise failed
 
-    def _leave(self, at_exit: bool) -> None:
+    def _leave(self, at_exit: bool, wait: bool) -> None:
+        """Record what is left, hand back what the node is not running, leave the registry.
+        Without ``wait`` (callables abandoned, as by a crash) the node's lease ends instead: the
+        next node to look takes their tasks over."""
         try:
             self._runner.retry_unsaved()
             self._runner.flush_progress()
             handed_back = self._store.write(moves.release, self.node, self._runner.busy)
-            self._node.leave()
+            if wait:
+                self._node.leave()
+            else:
+                self._node.abandon()
         except StoreError:
             log.exception("could not record the shutdown of node %s", self.node)
             return
@@ -583,6 +591,7 @@ class TaskManager:
         :raises TaskNotFound: when one does not exist or its record is deleted meanwhile.
         :raises InvalidArgument: for an id that is not a positive integer.
         """
+        self._require_open()
         return self._waiters.wait_many(task_ids, timeout)
 
     # ----------------------------------------------------------- controls

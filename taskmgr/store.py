@@ -414,6 +414,11 @@ class Store:
         """Forget ``node`` (it shut down)."""
         self._leases.remove(node)
 
+    def expire_node(self, node: str) -> None:
+        """End ``node``'s lease at once, as if it had stopped renewing it long ago: the next node
+        to look takes its tasks over (a node that abandons its running callables)."""
+        self._leases.expire(node)
+
     def reap_nodes(self, timeout_ms: int | None = None) -> tuple[set[str], list[str]]:
         """Sort the registered nodes into the living and the dead, and forget the dead.
 

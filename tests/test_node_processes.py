@@ -287,3 +287,24 @@ def test_a_take_over_whose_write_fails_is_tried_again_by_the_next_heartbeat(db_p
             done = finder.wait(tid, WAIT)
             assert done.status is S.SUCCESS and done.retries == 1
     assert failures == [2]
+
+
+def test_a_shutdown_without_wait_leaves_its_running_tasks_to_be_taken_over_by_the_next_node_to_look(
+        db_path: str) -> None:
+    """shutdown(wait=False) abandons the running callables as a crash would: the node stays
+    registered with its lease ended, so a live node takes the tasks over (no restart needed)."""
+    import threading
+
+    gate = threading.Event()
+    first = TaskManager(db_path, poll_interval=0.05, node_timeout=0.4)
+    first.register("held", lambda ctx: gate.wait(WAIT))
+    first.start()
+    tid = first.submit("held")
+    _until(lambda: first.get(tid).status is S.RUNNING, "the task to run")
+    first.shutdown(wait=False)
+    gate.set()  # its first run ends; its outcome cannot be written any more
+    second = TaskManager(db_path, poll_interval=0.05)
+    second.register("held", lambda ctx: "again")
+    with second:
+        done = second.wait(tid, WAIT)
+    assert done.status is S.SUCCESS and done.result == '"again"' and done.retries == 1
