@@ -67,9 +67,10 @@ def test_a_corpus_of_hostile_values_in_every_parameter_gets_4xx_and_changes_noth
                 send("DELETE", f"{prefix}/tasks/{ids[0]}", params={"force": value})
             send("PUT", f"{prefix}/tasks/{ids[0]}", params={"action": value})
             send("PUT", f"{prefix}/tasks/{value}", params={"action": "cancel"})
-            send("POST", f"{prefix}/jobs/{value}", body=b"{}")
+            send("POST", f"{prefix}/jobs/{value}", body=b"{}", headers={"Content-Type": "application/json"})
             send("GET", f"/graphspaces/{value}/graphs/{value}/tasks")
-            send("POST", f"{prefix}/jobs/job", body=value.encode("utf-8", "surrogatepass")[:1000] + b"}")
+            send("POST", f"{prefix}/jobs/job", body=value.encode("utf-8", "surrogatepass")[:1000] + b"}",
+                 headers={"Content-Type": "application/json"})
     # refused requests changed nothing (the finished tasks cannot be cancelled, the hostile ids do not exist)
     assert _snapshot(mgr) == before
     print(f"\n{tried} hostile requests: " + ", ".join(f"{code}: {n}" for code, n in sorted(outcomes.items())))
@@ -79,7 +80,8 @@ def test_a_corpus_of_hostile_values_in_every_parameter_gets_4xx_and_changes_noth
 def test_a_body_nested_too_deeply_is_a_400_not_a_crash(target, mgr: TaskManager) -> None:
     client, _ = target
     before = _snapshot(mgr)
-    resp = client.simulate_post("/graphs/hugegraph/jobs/job", body=b"[" * 200_000 + b"]" * 200_000)
+    resp = client.simulate_post("/graphs/hugegraph/jobs/job", body=b"[" * 200_000 + b"]" * 200_000,
+                                  headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
     assert resp.json["message"] == "the request body is nested too deeply"
     assert _snapshot(mgr) == before
@@ -89,7 +91,8 @@ def test_a_lone_surrogate_in_a_body_is_a_400_that_names_it(target, mgr: TaskMana
     # valid JSON (an escape), but no UTF-8 text can hold it: refused, not a 500, nothing stored
     client, _ = target
     before = _snapshot(mgr)
-    resp = client.simulate_post("/graphs/hugegraph/jobs/job", body=b'{"text": "a\\ud800"}')
+    resp = client.simulate_post("/graphs/hugegraph/jobs/job", body=b'{"text": "a\\ud800"}',
+                                  headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
     assert resp.json["message"].startswith("task input holds a lone surrogate ('\\ud800')")
     assert _snapshot(mgr) == before
