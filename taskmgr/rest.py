@@ -53,6 +53,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
 import json
 import logging
 import threading
@@ -309,8 +310,10 @@ class TasksResource(_Resource):
     #: tasks read from the store at a time: an answer holds at most this many records (one more
     #: while the store looks for the next page), whatever its limit
     CHUNK = 8
-    #: a record larger than this (characters of input and result) makes the next reads one task each
-    LARGE = 1024 * 1024
+    #: tasks of the first read; the reads after it take CHUNK tasks while the records are small
+    FIRST = 2
+    #: a record larger than this (characters of input and result) makes the next read one task
+    LARGE = 256 * 1024
     #: bytes of small records gathered before they are handed to the server
     BUFFER = 64 * 1024
 
@@ -353,23 +356,26 @@ class TasksResource(_Resource):
             resp.data = b'{"tasks": []}'
             return
         # the first chunk is read now, so that a bad parameter or a failing store is still a proper error
-        tasks, done = read(self.CHUNK if limit == -1 else min(self.CHUNK, limit))
+        tasks, done = read(self.FIRST if limit == -1 else min(self.FIRST, limit))
         if limit != -1 and len(tasks) > limit:
             tasks, done = tasks[:limit], True
         body = self._body(tasks, done, read, limit, page is not None, state)
-        if (done or len(tasks) == limit) and all(_size(t) <= _BIG for t in tasks):
-            resp.data = b"".join(body)  # all of it is here, and small: one write, with a Content-Length
+        first = next(body)  # what the first BUFFER bytes take: a read failing by then is a proper error too
+        if state.get("finished"):
+            resp.data = first  # the whole answer: one write, with a Content-Length
         else:
-            resp.stream = body
+            resp.stream = itertools.chain((first,), body)
 
     on_head = on_get
 
     def _body(self, tasks: list[Task], done: bool, read: Callable[[int], tuple[list[Task], bool]],
               limit: int, paged: bool, state: dict[str, Any]) -> Iterator[bytes]:
+        """The answer's bytes, reading on as it goes. Until its first piece is out, a failing read
+        raises as it is (the answer has not begun); after, it ends the answer cut off."""
         buf: list[bytes] = [b'{"tasks": [']
-        size, sent = 0, 0
+        size, sent, begun = 0, 0, False
         while True:
-            large = False
+            large = any(_size(t) > self.LARGE for t in tasks)
             for t in tasks:
                 if sent:
                     buf.append(b", ")
@@ -379,10 +385,11 @@ class TasksResource(_Resource):
                     buf.append(piece)
                     size += len(piece)
                     if size >= self.BUFFER:
+                        begun = True
                         yield b"".join(buf)
                         buf, size = [], 0
                 else:
-                    large = large or _size(t) > self.LARGE
+                    begun = True
                     yield b"".join(buf)
                     buf, size = [], 0
                     yield from _task_pieces(t)
@@ -393,12 +400,15 @@ class TasksResource(_Resource):
             try:
                 tasks, done = read(want)
             except Exception as exc:
+                if not begun:
+                    raise
                 log.error("a list failed after its answer had begun (%s: %s); the answer ends cut off",
                           type(exc).__name__, printable(str(exc), _LOG_TARGET))
                 raise _ListBroken("the list could not be read to its end") from exc
             if limit != -1 and len(tasks) > limit - sent:
                 tasks, done = tasks[:limit - sent], True
         buf.append(b'], "page": ' + json.dumps(state["token"]).encode() + b"}" if paged else b"]}")
+        state["finished"] = not begun
         yield b"".join(buf)
 
 
