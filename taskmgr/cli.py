@@ -327,7 +327,7 @@ def _serve_logging() -> None:
 def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
     try:
         from .rest import body_limit, create_app
-        from .server import listening_urls, make_server
+        from .server import AccessLog, listening_urls, make_server
     except ImportError as exc:
         raise TaskManagerError(f"taskmgr serve needs the server extra ({exc.name} is missing): "
                                "pip install 'taskmgr[server]'") from None
@@ -347,7 +347,8 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
     for name in args.tasks:
         _load_tasks_module(name, mgr)
     lanes = args.write_lanes if args.write_lanes is not None else max(1, args.threads // 2)
-    app = create_app(mgr, auth=auth, allowed_hosts=allowed, write_lanes=lanes)
+    access = AccessLog(sys.stderr)
+    app = create_app(mgr, auth=auth, allowed_hosts=allowed, write_lanes=lanes, access_log=access)
     try:
         server = make_server(
             app, host=args.host, port=args.port, threads=args.threads, auth=auth, allowed_hosts=allowed,
@@ -374,10 +375,13 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
         server.run()  # until the first signal (waitress's loop ends on SystemExit)
     except _Stop:
         pass
-    _stop(server, mgr, signals, args.grace, out)
+    try:
+        _stop(server, mgr, signals, args.grace, out, access)
+    finally:
+        access.close()
 
 
-def _stop(server: Any, mgr: TaskManager, signals: _Signals, grace: float, out: IO[str]) -> None:
+def _stop(server: Any, mgr: TaskManager, signals: _Signals, grace: float, out: IO[str], access: Any) -> None:
     """Stop serving; ask running tasks to stop and wait for them ``grace`` seconds at most, or until
     a second signal. Then exit: 0 when they stopped, 1 when some still run (they stay RUNNING in the
     store, owned by this dead node, and the next start runs them again: nothing is lost)."""
@@ -401,6 +405,7 @@ def _stop(server: Any, mgr: TaskManager, signals: _Signals, grace: float, out: I
     while not done.wait(0.05):
         if signals.count >= 2 or time.monotonic() >= deadline:
             why = "a second signal came" if signals.count >= 2 else f"the {grace:g} s grace ended"
+            access.flush()
             print(f"taskmgr: error: {why} while tasks still ran; stopped without them: they stay RUNNING "
                   "and run again on the next start", file=sys.stderr)
             for stream in (out, sys.stdout, sys.stderr):

@@ -41,9 +41,11 @@ limits connections and rates per client (nginx, HAProxy).
 
 from __future__ import annotations
 
+import collections
 import logging
 import resource
 import socket
+import threading
 import time
 import types
 from collections.abc import Collection
@@ -59,7 +61,7 @@ from waitress.utilities import Error
 from ._text import printable
 from .rest import _PUBLIC, _SAFE_METHODS, ApiError, credentials_match, cross_site, error_body, host_refused
 
-__all__ = ["make_server", "listening_urls"]
+__all__ = ["make_server", "listening_urls", "AccessLog"]
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +289,55 @@ def _maintenance(self: BaseWSGIServer, now: float) -> None:
             continue
         if channel.last_activity < idle_cutoff:
             channel.will_close = True
+
+
+class AccessLog:
+    """The request log of ``taskmgr serve``, written in batches by a thread of its own.
+
+    A request hands its line over (a deque append); the writer thread stamps and writes what has
+    gathered every :attr:`INTERVAL` seconds, in one write. A log record per request, formatted
+    and flushed by the request's thread, cost a ``GET`` of one task a tenth of its time. Lines
+    are the format of the other log lines (``time INFO taskmgr.rest: ...``), at most INTERVAL
+    late; a process killed outright loses the last INTERVAL of them.
+    """
+
+    INTERVAL = 0.2
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._lines: collections.deque[tuple[float, str]] = collections.deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskmgr-access-log", daemon=True)
+        self._thread.start()
+
+    def __call__(self, line: str) -> None:
+        self._lines.append((time.time(), line))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        out, stamp, second = [], "", -1
+        lines = self._lines
+        while lines:
+            at, line = lines.popleft()
+            if int(at) != second:
+                second = int(at)
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+            out.append(f"{stamp},{int(at * 1000) % 1000:03d} INFO taskmgr.rest: {line}\n")
+        if out:
+            try:
+                self.stream.write("".join(out))
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        """Write what is left, and stop the writer."""
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _listeners(server: Any) -> list[BaseWSGIServer]:

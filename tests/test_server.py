@@ -321,3 +321,18 @@ def test_a_long_list_of_big_tasks_is_answered_in_memory_bounded_by_a_few_records
         server.stop()
     print(f"\npeak resident memory grew {grown / 2**20:.1f} MiB answering lists of 24 tasks of 3 MiB")
     assert grown < 20 * record, f"the lists took {grown / 2**20:.0f} MiB: more than a few records at a time"
+
+
+def test_the_access_log_writes_its_lines_in_order_in_the_log_s_format() -> None:
+    import io
+
+    from taskmgr.server import AccessLog
+
+    stream = io.StringIO()
+    log = AccessLog(stream)
+    for i in range(500):
+        log(f"127.0.0.1 GET /graphs/g/tasks/{i} 200 OK 0.1ms")
+    log.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit("/", 1)[1].split()[0] for line in lines] == [str(i) for i in range(500)]
+    assert all(" INFO taskmgr.rest: 127.0.0.1 GET " in line for line in lines)
