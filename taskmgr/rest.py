@@ -311,7 +311,7 @@ class TasksResource(_Resource):
     #: while the store looks for the next page), whatever its limit
     CHUNK = 8
     #: tasks of the first read; the reads after it take CHUNK tasks while the records are small
-    FIRST = 2
+    FIRST = 1
     #: a record larger than this (characters of input and result) makes the next read one task
     LARGE = 256 * 1024
     #: bytes of small records gathered before they are handed to the server
