@@ -337,7 +337,7 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
     if "*" in extra:
         allowed: set[str] | None = None
     elif loopback or extra:
-        allowed = extra | (LOOPBACK_NAMES | {args.host.lower()} if loopback else set())
+        allowed = extra | LOOPBACK_NAMES | {args.host.lower()}
     else:
         allowed = None  # listening beyond loopback, the names it is reached by are the operator's
     _serve_logging()

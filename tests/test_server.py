@@ -336,3 +336,29 @@ def test_the_access_log_writes_its_lines_in_order_in_the_log_s_format() -> None:
     lines = stream.getvalue().splitlines()
     assert [line.rsplit("/", 1)[1].split()[0] for line in lines] == [str(i) for i in range(500)]
     assert all(" INFO taskmgr.rest: 127.0.0.1 GET " in line for line in lines)
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_with_a_json_413(mgr: TaskManager) -> None:
+    from taskmgr.rest import create_app
+    from taskmgr.server import make_server
+
+    mgr.register("job", lambda ctx: ctx.input, http=True)
+    server = make_server(create_app(mgr, log_requests=False), host="127.0.0.1", port=0, threads=2,
+                         body_limit=64 * 1024, input_limit=32 * 1024)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.effective_port), timeout=WAIT) as s:
+            s.sendall(b"POST /graphs/g/jobs/job HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            piece = b"x" * 16384
+            try:
+                for _ in range(16):  # 256 KiB, four times the limit
+                    s.sendall(b"4000\r\n" + piece + b"\r\n")
+            except OSError:
+                pass
+            status, headers, body = _answer(s, timeout=5)
+        assert status == 413 and headers["content-type"] == "application/json"
+        assert _json_error(status, body)["exception"] == "LimitExceeded"
+        assert mgr.list(graph="g") == []
+    finally:
+        server.close()
