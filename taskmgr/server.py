@@ -12,7 +12,8 @@ REST API of :mod:`taskmgr.rest`) whose connections are guarded:
   is not sent as JSON 415, without reading a byte of it; a chunked body is
   cut off at the limit. waitress alone buffers a body up to 1 GiB, to a
   temporary file, before the application sees it.
-* **Slow clients cannot starve the others.** A request's headers must
+* **Slow clients cannot starve the others.** A new connection must start
+  its request within ``header_timeout`` seconds, the request's headers must
   arrive within ``header_timeout`` seconds of its first byte, and its body
   at 64 KiB/s on average after that (else 408); a connection idle for
   ``idle_timeout`` is closed, and so is one whose client stops reading
@@ -59,7 +60,18 @@ from waitress.task import ErrorTask
 from waitress.utilities import Error
 
 from ._text import printable
-from .rest import _PUBLIC, _SAFE_METHODS, ApiError, credentials_match, cross_site, error_body, host_refused
+from .rest import (
+    _PUBLIC,
+    _SAFE_METHODS,
+    ApiError,
+    _json_type,
+    _shown,
+    credentials_match,
+    cross_site,
+    error_body,
+    host_refused,
+    unauthorized,
+)
 
 __all__ = ["make_server", "listening_urls", "AccessLog"]
 
@@ -131,8 +143,6 @@ class _Guard:
         h = p.headers
         if self.expected is not None and p.path not in _PUBLIC \
                 and not credentials_match(h.get("AUTHORIZATION"), self.expected):
-            from .rest import unauthorized
-
             return _from_api(unauthorized())
         refused = host_refused(h.get("HOST"), self.allowed_hosts)
         if refused is None and p.command not in _SAFE_METHODS:
@@ -141,8 +151,6 @@ class _Guard:
         if refused is not None:
             return _from_api(refused)
         if p.command == "POST":
-            from .rest import _json_type, _shown
-
             ctype = h.get("CONTENT_TYPE")
             if not _json_type(ctype):
                 return _JsonError(415, "Unsupported Media Type", "UnsupportedMediaType",
@@ -200,11 +208,13 @@ class _ErrorTask(ErrorTask):
 class _Channel(HTTPChannel):
     error_task_class = _ErrorTask
     request_started: float | None = None  # monotonic time of the first byte of the request under way
+    spoke = False  # whether the client has sent anything yet
     linger_needed = False
     lingering = False
     linger_until = 0.0
 
     def received(self, data: bytes) -> bool:
+        self.spoke = True
         before = self.request
         result = super().received(data)
         if self.request is None:
@@ -287,8 +297,8 @@ def _maintenance(self: BaseWSGIServer, now: float) -> None:
             if mono - started > header_timeout + expected / MIN_BODY_RATE:
                 channel.time_out(f"the request's body arrived slower than {MIN_BODY_RATE // 1024} KiB/s")
             continue
-        if channel.last_activity < idle_cutoff:
-            channel.will_close = True
+        if channel.last_activity < idle_cutoff or (not channel.spoke and now - channel.creation_time > header_timeout):
+            channel.will_close = True  # idle, or connected and silent past the header timeout
 
 
 class AccessLog:

@@ -135,12 +135,14 @@ def test_head_answers_on_a_real_socket(live) -> None:
 # ------------------------------------------------------------- item 3: slow clients
 def test_clients_that_send_half_a_header_neither_starve_the_others_nor_stay(db_path: str) -> None:
     server = _serve(db_path, "--examples", "--header-timeout", "1")
-    stallers = []
+    stallers: list[socket.socket] = []
+    silent: list[socket.socket] = []
     try:
         for _ in range(120):  # more than waitress's default connection limit of 100
             s = socket.create_connection(_addr(server), timeout=WAIT)
             s.sendall(b"GET /graphs/hugegraph/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             stallers.append(s)
+        silent += [socket.create_connection(_addr(server), timeout=WAIT) for _ in range(40)]  # never a byte
         started = time.monotonic()
         conn = http.client.HTTPConnection(*_addr(server), timeout=WAIT)
         conn.request("GET", "/graphs/hugegraph/tasks")
@@ -148,8 +150,11 @@ def test_clients_that_send_half_a_header_neither_starve_the_others_nor_stay(db_p
         assert time.monotonic() - started < 3, "a normal client waited behind the stalled ones"
         status, _, body = _answer(stallers[0], timeout=5)  # timed out by the server, with a reason
         assert status == 408 and _json_error(status, body)["exception"] == "RequestTimeout"
+        for s in silent:  # closed by the server, not left to hold a connection for the idle timeout
+            s.settimeout(5)
+            assert s.recv(1) == b""
     finally:
-        for s in stallers:
+        for s in stallers + silent:
             s.close()
         server.stop()
 
