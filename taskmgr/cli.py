@@ -420,14 +420,15 @@ def _stop(server: Any, mgr: TaskManager, signals: _Signals, grace: float, out: I
 
 
 # --------------------------------------------------------------------- main
+_STRICT_INT = re.compile(r"-?[0-9]{1,19}", re.ASCII)
+
+
 def _int_between(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer from ``low`` to ``high``, else ``what, got '...'``."""
+    """An argparse type: an integer from ``low`` to ``high`` in ASCII digits (no space, sign but
+    ``-``, ``_`` or other scripts' digits, as the REST API), else ``what, got '...'``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
+        value = int(text) if _STRICT_INT.fullmatch(text) else low - 1
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
         return value

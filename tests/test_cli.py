@@ -100,7 +100,9 @@ def test_a_missing_database_is_an_error_not_a_new_file(tmp_path, capsys) -> None
 
 @pytest.mark.parametrize(
     "argv",
-    [["show", "abc"], ["show", "0"], ["list", "--limit", "-5"], ["frobnicate"], []],
+    [["show", "abc"], ["show", "0"], ["list", "--limit", "-5"], ["frobnicate"], [],
+     ["show", " 5"], ["show", "+5"], ["show", "1_0"], ["show", "\u0665"], ["show", "9" * 5000],
+     ["list", "--limit", "1 "]],
 )
 def test_bad_command_lines_exit_2_with_usage(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as info:
