@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
 import itertools
 import json
@@ -279,9 +280,7 @@ def _task_pieces(t: Task) -> Iterator[bytes]:
     if _size(t) <= _BIG:
         yield _task_bytes(t)
         return
-    small = Task(t.id, t.type, t.name, t.status, t.progress, t.created, t.updated, None, t.retries, t.callable,
-                 None, t.graph, t.graphspace)
-    head = _task_bytes(small)[:-1]
+    head = _task_bytes(dataclasses.replace(t, result=None, input=None))[:-1]
     cut = head.index(b', "task_retries": ')
     yield head[:cut]
     if t.result is not None:
