@@ -209,5 +209,5 @@ def test_ctrl_c_in_the_demo_interrupts_its_tasks_rather_than_waiting_for_them(tm
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - started < 3, "the demo waited for its callables"
+    assert time.monotonic() - started < 5, "the demo waited for its callables (10 s of counting)"
     assert proc.returncode == 130 and err.strip().splitlines() == ["taskmgr: interrupted"], err

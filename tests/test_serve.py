@@ -231,7 +231,7 @@ def test_a_task_that_ignores_its_interrupt_does_not_hold_the_server_past_its_gra
     assert s.proc.poll() is None, "the grace was not waited"
     started = time.monotonic()
     rc, out, err = s.stop(signal.SIGINT) if how == "a second signal" else s.stop(0)
-    assert time.monotonic() - started < (1.0 if how == "a second signal" else 2.5)
+    assert time.monotonic() - started < (3 if how == "a second signal" else 4)  # the task would run 30 s
     assert rc == 1 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("taskmgr:")]
     assert len(lines) == 1 and lines[0].startswith("taskmgr: error: ") and "run again on the next start" in lines[0]
