@@ -267,16 +267,46 @@ class _Channel(HTTPChannel):
         log.info("%s - - 408 Request Timeout (%s)", self.addr[0] if self.addr else "-", message)
 
 
+def _retire(server: BaseWSGIServer, channel: HTTPChannel) -> None:
+    """Close ``channel`` from outside its own events, in two steps.
+
+    Maintenance runs while waitress builds the set of descriptors to poll: a socket closed then
+    frees its descriptor while the poll may still report on it, and a connection accepted in the
+    same pass, given that descriptor, would be closed by the stale report. So the channel leaves
+    the map now (its request thread, waiting on it, is let go), and its socket is closed at the
+    next maintenance, when no poll holds its descriptor.
+    """
+    with channel.outbuf_lock:
+        for outbuf in channel.outbufs:
+            try:
+                outbuf.close()
+            except Exception:  # noqa: BLE001 - waitress's handle_close logs and goes on, as here
+                log.exception("could not close an output buffer")
+        channel.total_outbufs_len = 0
+        channel.connected = False
+        channel.outbuf_lock.notify()
+    channel.accepting = channel.connecting = False
+    channel.del_channel()
+    if channel.socket is not None:
+        server.taskmgr_retired.append(channel.socket)
+
+
 def _maintenance(self: BaseWSGIServer, now: float) -> None:
     """Run every second by waitress's loop: close idle connections (waitress's own rule), time out
     requests that arrive too slowly, drop clients that stopped reading, end lingering closes."""
+    retired, self.taskmgr_retired = self.taskmgr_retired, []
+    for sock in retired:
+        try:
+            sock.close()
+        except OSError:
+            pass
     mono = time.monotonic()
     idle_cutoff = now - self.adj.channel_timeout
     header_timeout = self.taskmgr_header_timeout
     for channel in list(self.active_channels.values()):
         if getattr(channel, "lingering", False):
             if mono >= channel.linger_until:
-                HTTPChannel.handle_close(channel)
+                _retire(self, channel)
             continue
         if channel.requests:
             # an answer under way: a client that has read none of it for idle_timeout is gone, and
@@ -284,7 +314,7 @@ def _maintenance(self: BaseWSGIServer, now: float) -> None:
             if channel.total_outbufs_len and channel.last_activity < idle_cutoff:
                 log.info("%s - - closed: the client read nothing of its answer for %.0f s",
                          channel.addr[0] if channel.addr else "-", self.adj.channel_timeout)
-                channel.handle_close()
+                _retire(self, channel)
             continue
         started = getattr(channel, "request_started", None)
         request = channel.request
@@ -412,5 +442,6 @@ def make_server(
     for listener in _listeners(server):
         listener.channel_class = channel
         listener.taskmgr_header_timeout = header_timeout
+        listener.taskmgr_retired = []
         listener.maintenance = types.MethodType(_maintenance, listener)
     return server
