@@ -306,17 +306,23 @@ def _loopback(host: str, port: int) -> bool:
     return all(ipaddress.ip_address(str(a[4][0]).split("%")[0]).is_loopback for a in found)
 
 
+class LogEscape(logging.Filter):
+    """Makes every record one log entry that no client can forge: the message with its control
+    characters escaped and at most 4,000 characters long, a traceback's lines indented with control
+    characters escaped (a line in an error text cannot pass for a log line of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage(), 4000), None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = "\n".join("    " + printable(line) for line in text.splitlines())
+        return True
+
+
 def _serve_logging() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-
-    def escape(record: logging.LogRecord) -> bool:
-        # whatever a logger was given (a path, a name, an error text from a client): one line, bounded
-        message = record.getMessage()
-        record.msg, record.args = printable(message, 4000), None
-        return True
-
-    handler.addFilter(escape)
+    handler.addFilter(LogEscape())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -211,3 +211,21 @@ def test_ctrl_c_in_the_demo_interrupts_its_tasks_rather_than_waiting_for_them(tm
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - started < 5, "the demo waited for its callables (10 s of counting)"
     assert proc.returncode == 130 and err.strip().splitlines() == ["taskmgr: interrupted"], err
+
+
+def test_serve_s_log_lines_cannot_be_forged_by_what_a_client_sends() -> None:
+    import logging
+
+    from taskmgr.cli import LogEscape
+
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        raise ValueError("bad name 'x\n2026-01-01 00:00:00,000 INFO taskmgr.rest: forged\x1b[2J'")
+    except ValueError:
+        record = logging.LogRecord("waitress", logging.ERROR, __file__, 1, "Exception while serving %s",
+                                   ("/graphs/x\n2026-01-01 INFO forged/tasks",), sys.exc_info())
+    assert LogEscape().filter(record)
+    text = formatter.format(record)
+    first, *rest = text.splitlines()
+    assert "forged" in first and "\\x0a2026" in first
+    assert rest and all(line.startswith("    ") for line in rest) and "\x1b" not in text
