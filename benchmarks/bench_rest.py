@@ -9,8 +9,9 @@ thread count) that answers the same paths with a fixed body: one task's
 object, or a list of 100 of them. Each endpoint is measured on both servers
 in alternating rounds (``--rounds`` of ``--seconds`` each) by ``wrk`` over
 keep-alive connections, so that a drift of the shared machine's speed falls
-on both; the figures are the medians of the rounds. It prints figures and
-never asserts.
+on both; the figures are the medians of the rounds, and the median of each
+round's ratio (steadier while the machine's speed drifts). It prints figures
+and never asserts.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def main() -> None:
                 p99 = statistics.median(r["p99_ms"] for r in results)
                 bad = sum(r["non2xx"] + r["socket_errors"] for r in results)
                 print(f"{label:34s} {name:8s} {medians[name]:8.0f} {p50:8.2f} {p99:8.2f} {bad:8d}")
-            print(f"{'':34s} {'ratio':8s} {medians['taskmgr'] / medians['bare']:8.0%}  (taskmgr / bare app)")
+            paired = statistics.median(t["rps"] / b["rps"] for t, b in zip(runs["taskmgr"], runs["bare"]))
+            print(f"{'':34s} {'ratio':8s} {medians['taskmgr'] / medians['bare']:8.0%}  (taskmgr / bare app; "
+                  f"median of the rounds' ratios {paired:.0%})")
     finally:
         for proc in (ours, bare):
             proc.terminate()

@@ -319,6 +319,10 @@ def test_a_crowd_of_hostile_clients_gets_4xx_and_the_others_are_still_served(db_
             assert _status(s.recv(65536)) == 408
         counts[("slow header (stalled connection)", 408)] += len(stallers)
         counts[("never reads its answer", 0)] += len(hogs)
+    except BaseException:
+        server.proc.kill()  # a failed check must not leave the server running
+        server.proc.wait(WAIT)
+        raise
     finally:
         for s in stallers + hogs:
             s.close()

@@ -226,12 +226,17 @@ def _stubborn_server(db_path: str, tmp_path, *args: str) -> tuple[Server, int]:
 def test_a_task_that_ignores_its_interrupt_does_not_hold_the_server_past_its_grace(db_path: str, tmp_path,
                                                                                   how: str) -> None:
     s, tid = _stubborn_server(db_path, tmp_path, "--grace", "1.5")
-    s.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert s.proc.poll() is None, "the grace was not waited"
-    started = time.monotonic()
-    rc, out, err = s.stop(signal.SIGINT) if how == "a second signal" else s.stop(0)
-    assert time.monotonic() - started < (3 if how == "a second signal" else 4)  # the task would run 30 s
+    try:
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert s.proc.poll() is None, "the grace was not waited"
+        started = time.monotonic()
+        rc, out, err = s.stop(signal.SIGINT) if how == "a second signal" else s.stop(0)
+        assert time.monotonic() - started < (3 if how == "a second signal" else 4)  # the task would run 30 s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(WAIT)
     assert rc == 1 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("taskmgr:")]
     assert len(lines) == 1 and lines[0].startswith("taskmgr: error: ") and "run again on the next start" in lines[0]
