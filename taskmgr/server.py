@@ -223,20 +223,11 @@ class _Channel(HTTPChannel):
             self.request_started = time.monotonic()
         return result
 
-    def readable(self) -> bool:
-        return True if self.lingering else super().readable()
-
-    def writable(self) -> bool:
-        return False if self.lingering else super().writable()
-
-    def handle_read(self) -> None:
-        if not self.lingering:
-            super().handle_read()
-            return
+    def _drain(self) -> None:
         try:
             self.recv(65536)  # dropped; on the client's end of stream, recv closes the channel
         except OSError:
-            super().handle_close()
+            HTTPChannel.handle_close(self)
 
     def handle_close(self) -> None:
         if self.linger_needed and not self.lingering and self.connected and self.socket is not None:
@@ -245,9 +236,15 @@ class _Channel(HTTPChannel):
             except OSError:
                 pass
             else:
+                # from now on the channel only reads, and drops what it reads (set on the instance:
+                # the class's readable and writable, asked of every channel at every turn of the
+                # loop, stay waitress's own)
                 self.lingering = True
                 self.linger_until = time.monotonic() + LINGER
                 self.will_close = self.close_when_flushed = False
+                self.readable = lambda: True  # type: ignore[method-assign]
+                self.writable = lambda: False  # type: ignore[method-assign]
+                self.handle_read = self._drain  # type: ignore[method-assign]
                 return
         super().handle_close()
 
