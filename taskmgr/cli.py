@@ -15,12 +15,17 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from . import __version__, examples
+from ._text import printable
 from .errors import TaskManagerError
 from .manager import TaskManager
 from .status import TaskStatus
@@ -37,8 +42,18 @@ def _when(ms: int) -> str:
 
 
 def _clip(text: str | None, width: int) -> str:
-    text = "" if text is None else " ".join(text.split())
+    text = "" if text is None else printable(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+# what JSON leaves raw but a terminal acts on: DEL, C1 controls, line separators, bidi overrides
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _dump_json(obj: Any, out: IO[str]) -> None:
+    """``obj`` as one line of JSON, with every character a terminal would act on escaped."""
+    text = json.dumps(obj, ensure_ascii=False)
+    out.write(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
 def format_table(tasks: Sequence[Task]) -> str:
@@ -83,8 +98,7 @@ def _cmd_list(args: argparse.Namespace, out: IO[str]) -> None:
     finally:
         mgr.shutdown()
     if args.json:
-        json.dump({"tasks": [t.to_dict() for t in tasks]}, out, ensure_ascii=False)
-        out.write("\n")
+        _dump_json({"tasks": [t.to_dict() for t in tasks]}, out)
     elif tasks:
         out.write(format_table(tasks) + "\n")
     else:
@@ -103,8 +117,7 @@ def _cmd_show(args: argparse.Namespace, out: IO[str]) -> None:
             {"from": None if h.from_status is None else str(h.from_status), "to": str(h.to_status), "at": h.at}
             for h in history
         ]
-        json.dump({"task": task.to_dict(), "history": moves}, out, ensure_ascii=False)
-        out.write("\n")
+        _dump_json({"task": task.to_dict(), "history": moves}, out)
         return
     fields = [
         ("id", task.id),
@@ -121,7 +134,7 @@ def _cmd_show(args: argparse.Namespace, out: IO[str]) -> None:
         ("result", task.result),
     ]
     for key, value in fields:
-        out.write(f"{key:>9}: {'' if value is None else value}\n")
+        out.write(f"{key:>9}: {'' if value is None else printable(str(value))}\n")
     if history:
         out.write("  history:\n")
         for h in history:
@@ -166,7 +179,8 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
     mgr = TaskManager(path, workers=4, poll_interval=0.1)
     examples.setup(mgr)
     live = out.isatty() and not args.json
-    with mgr:
+    mgr.start()
+    try:
         ids = [
             mgr.submit("count", {"to": 20, "pause": 0.1}, name="count to 20"),
             mgr.submit("count", {"to": 100, "pause": 0.1}, name="count to 100 (will be cancelled)"),
@@ -189,7 +203,7 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
                 if drawn:
                     out.write(f"\x1b[{drawn}F")
                 for t in tasks:
-                    out.write(f"\x1b[2K{t.id:>4}  {t.status.name:<10} {t.progress:>4}  {t.name}\n")
+                    out.write(f"\x1b[2K{t.id:>4}  {t.status.name:<10} {t.progress:>4}  {printable(t.name)}\n")
                 drawn = len(tasks)
                 out.flush()
             elif not args.json:
@@ -198,14 +212,18 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
                     if seen.get(t.id) != key:
                         seen[t.id] = key
                         out.write(f"{time.monotonic() - started:5.1f}s  task {t.id} {t.status.name} "
-                                  f"progress {t.progress}  ({t.name})\n")
+                                  f"progress {t.progress}  ({printable(t.name)})\n")
             if all(t.terminal for t in tasks) or time.monotonic() - started > 30:
                 break
             time.sleep(0.1)
         final = mgr.list(ids=ids)
+    except KeyboardInterrupt:
+        # Ctrl-C: the callables are asked to stop (ctx.sleep raises TaskInterrupted), not waited for
+        mgr.shutdown(wait=True, interrupt=True)
+        raise
+    mgr.shutdown()
     if args.json:
-        json.dump({"tasks": [t.to_dict() for t in final]}, out, ensure_ascii=False)
-        out.write("\n")
+        _dump_json({"tasks": [t.to_dict() for t in final]}, out)
         return
     out.write("\nOutcome:\n" + format_table(final) + "\n\n")
     out.write(f"Look again with:  taskmgr list --db {path}\n")
@@ -217,22 +235,30 @@ AUTH_ENV = "TASKMGR_AUTH"
 
 
 def _read_auth(path: str | None) -> tuple[str, str] | None:
-    """``user:password`` from the file at ``path``, else from $TASKMGR_AUTH, else None."""
+    """``user:password`` from the first line of the file at ``path`` (UTF-8, a BOM allowed), else
+    from $TASKMGR_AUTH, else None. Only the line's end is cut: spaces belong to the password."""
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.readline().strip()
+            with open(path, "rb") as f:
+                data = f.read(64 * 1024)
         except OSError as exc:
             raise TaskManagerError(f"cannot read the credentials file {path!r}: {exc.strerror}") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise TaskManagerError(f"the credentials file {path!r} is not UTF-8 text") from None
         where = f"the credentials file {path!r}"
     else:
         text = os.environ.get(AUTH_ENV, "")
         if not text:
             return None
         where = f"${AUTH_ENV}"
+    text = text.split("\n", 1)[0].removesuffix("\r")
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
         raise TaskManagerError(f"{where} must hold 'user:password' on one line")
+    if printable(text) != text:
+        raise TaskManagerError(f"{where} holds a control character; credentials cannot")
     return user, password
 
 
@@ -251,63 +277,166 @@ def _load_tasks_module(name: str, manager: TaskManager) -> None:
     setup(manager)
 
 
-def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
-    import signal
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class _Stop(SystemExit):
+    """Raised by the first SIGINT or SIGTERM to end waitress's loop (which stops on SystemExit)."""
+
+
+class _Signals:
+    """Counts SIGINT and SIGTERM: the first ends the serving, later ones end the grace."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise _Stop(0)
+
+
+def _loopback(host: str, port: int) -> bool:
+    """Whether every address ``host`` resolves to is a loopback address."""
+    import ipaddress
 
     try:
-        import waitress
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise TaskManagerError(f"cannot listen on {host!r}: {why}") from None
+    return all(ipaddress.ip_address(str(a[4][0]).split("%")[0]).is_loopback for a in found)
 
-        from .rest import create_app
+
+class LogEscape(logging.Filter):
+    """Makes every record one log entry that no client can forge: the message with its control
+    characters escaped and at most 4,000 characters long, a traceback's lines indented with control
+    characters escaped (a line in an error text cannot pass for a log line of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage(), 4000), None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = "\n".join("    " + printable(line) for line in text.splitlines())
+        return True
+
+
+def _serve_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(LogEscape())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("taskmgr.scheduler").setLevel(logging.WARNING)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # a line per request under load
+
+
+def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> None:
+    try:
+        from .rest import body_limit, create_app
+        from .server import AccessLog, listening_urls, make_server
     except ImportError as exc:
         raise TaskManagerError(f"taskmgr serve needs the server extra ({exc.name} is missing): "
                                "pip install 'taskmgr[server]'") from None
     auth = _read_auth(args.auth_file)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("taskmgr.scheduler").setLevel(logging.WARNING)
-    mgr = TaskManager(args.db, workers=args.workers)
+    loopback = _loopback(args.host, args.port)
+    extra = {h.lower() for h in args.allow_host}
+    if "*" in extra:
+        allowed: set[str] | None = None
+    elif loopback or extra:
+        allowed = extra | LOOPBACK_NAMES | {args.host.lower()}
+    else:
+        allowed = None  # listening beyond loopback, the names it is reached by are the operator's
+    _serve_logging()
+    mgr = TaskManager(args.db, workers=args.workers, busy_timeout=args.busy_timeout)
     if args.examples:
         examples.setup(mgr)
     for name in args.tasks:
         _load_tasks_module(name, mgr)
-    app = create_app(mgr, auth=auth)
+    lanes = args.write_lanes if args.write_lanes is not None else max(1, args.threads // 2)
+    access = AccessLog(sys.stderr)
+    app = create_app(mgr, auth=auth, allowed_hosts=allowed, write_lanes=lanes, access_log=access)
     try:
-        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
-    except OSError as exc:
+        server = make_server(
+            app, host=args.host, port=args.port, threads=args.threads, auth=auth, allowed_hosts=allowed,
+            body_limit=body_limit(mgr.max_input_size), input_limit=mgr.max_input_size,
+            connection_limit=args.connection_limit, header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+        )
+    except (OSError, ValueError) as exc:
         mgr.shutdown()
-        raise TaskManagerError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise TaskManagerError(f"cannot listen on {args.host!r} port {args.port}: {why}") from None
+    signals = _Signals()
+    signal.signal(signal.SIGTERM, signals)
+    signal.signal(signal.SIGINT, signals)
+    try:
+        mgr.start()
+        types = ", ".join(f"{n}{'' if t.http else ' (not over HTTP)'}" for n, t in sorted(mgr.task_types.items()))
+        out.write(
+            f"taskmgr {__version__} serving on {' '.join(listening_urls(server))} "
+            f"(database {args.db!r}, {args.workers} workers, auth {'on' if auth else 'off'}, "
+            f"task types: {types or 'none'})\n"
+        )
+        out.flush()
+        server.run()  # until the first signal (waitress's loop ends on SystemExit)
+    except _Stop:
+        pass
+    try:
+        _stop(server, mgr, signals, args.grace, out, access)
+    finally:
+        access.close()
 
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, stop)
-    mgr.start()
-    types = ", ".join(f"{n}{'' if t.http else ' (not over HTTP)'}" for n, t in sorted(mgr.task_types.items()))
-    out.write(
-        f"taskmgr {__version__} serving on http://{server.effective_host}:{server.effective_port}/ "
-        f"(database {args.db!r}, {args.workers} workers, auth {'on' if auth else 'off'}, "
-        f"task types: {types or 'none'})\n"
-    )
+def _stop(server: Any, mgr: TaskManager, signals: _Signals, grace: float, out: IO[str], access: Any) -> None:
+    """Stop serving; ask running tasks to stop and wait for them ``grace`` seconds at most, or until
+    a second signal. Then exit: 0 when they stopped, 1 when some still run (they stay RUNNING in the
+    store, owned by this dead node, and the next start runs them again: nothing is lost)."""
+    out.write(f"taskmgr: stopping: running tasks are asked to stop and will run again on the next start; "
+              f"waiting up to {grace:g} s for them (a second Ctrl-C or SIGTERM stops at once)\n")
     out.flush()
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        out.write("taskmgr: stopping; running tasks are asked to stop and will be restored next start\n")
-        out.flush()
         server.close()
-        mgr.shutdown(wait=True, interrupt=True)
+    except Exception:  # noqa: BLE001 - closing the sockets of a server that is going away
+        pass
+    done = threading.Event()
+
+    def shut() -> None:
+        try:
+            mgr.shutdown(wait=True, interrupt=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=shut, name="taskmgr-stop", daemon=True).start()
+    deadline = time.monotonic() + grace
+    while not done.wait(0.05):
+        if signals.count >= 2 or time.monotonic() >= deadline:
+            why = "a second signal came" if signals.count >= 2 else f"the {grace:g} s grace ended"
+            access.flush()
+            print(f"taskmgr: error: {why} while tasks still ran; stopped without them: they stay RUNNING "
+                  "and run again on the next start", file=sys.stderr)
+            for stream in (out, sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            logging.shutdown()
+            os._exit(1)  # a callable that ignores its interrupt would hold the interpreter's exit
+    out.write("taskmgr: stopped\n")
+    out.flush()
 
 
 # --------------------------------------------------------------------- main
+_STRICT_INT = re.compile(r"-?[0-9]{1,19}", re.ASCII)
+
+
 def _int_between(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer from ``low`` to ``high``, else ``what, got '...'``."""
+    """An argparse type: an integer from ``low`` to ``high`` in ASCII digits (no space, sign but
+    ``-``, ``_`` or other scripts' digits, as the REST API), else ``what, got '...'``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
+        value = int(text) if _STRICT_INT.fullmatch(text) else low - 1
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
         return value
@@ -318,6 +447,18 @@ def _int_between(low: int, high: int, what: str) -> Callable[[str], int]:
 _task_id = _int_between(1, 2**63 - 1, "task id must be a positive integer")
 _limit = _int_between(-1, 2**63 - 1, "limit must be -1 (no limit) or a non-negative integer")
 _positive = _int_between(1, 100_000, "must be a positive integer")
+_connections = _int_between(1, 1_000_000, "must be a positive integer")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds, at most a day."""
+    try:
+        value = float(text) if text.isascii() else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most 86400, got {text!r}")
+    return value
 _port = _int_between(0, 65535, "port must be 0 to 65535")
 
 
@@ -365,6 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", action="store_true", help="register the example task types (count, flaky, fail)")
     p.add_argument("--auth-file", metavar="PATH",
                    help=f"require HTTP Basic auth with the 'user:password' in this file (or set ${AUTH_ENV})")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header names NAME (while on loopback only loopback "
+                        "names are answered); '*' for any; repeatable")
+    p.add_argument("--busy-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="how long a write waits for another connection's lock on the database (default 5)")
+    p.add_argument("--write-lanes", type=_positive, metavar="N",
+                   help="requests that may wait on the database's write lock at once; more are answered 503 "
+                        "(default: half of --threads)")
+    p.add_argument("--connection-limit", type=_connections, default=512, metavar="N",
+                   help="open connections at most (default 512)")
+    p.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="a request's headers must arrive within this long of its first byte (default 10)")
+    p.add_argument("--idle-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="close a connection idle this long, or whose client reads nothing of its answer "
+                        "this long (default 30)")
+    p.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="on SIGINT or SIGTERM, how long to wait for running tasks to stop (default 10)")
     p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("demo", help="run example tasks and watch them")
@@ -376,11 +534,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    out = sys.stdout if out is None else out
+    if out is None:
+        out = sys.stdout
+        try:  # a terminal or pipe that is not UTF-8 gets escapes, not a UnicodeEncodeError
+            out.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+        except (AttributeError, ValueError, OSError):
+            pass
     try:
         args.run(args, out)
+        out.flush()
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep the interpreter's own flush quiet too
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     except TaskManagerError as exc:
-        print(f"taskmgr: error: {exc}", file=sys.stderr)
+        print(f"taskmgr: error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("taskmgr: interrupted", file=sys.stderr)

@@ -251,9 +251,10 @@ def test_a_body_over_the_input_limit_is_413(db_path: str) -> None:
     m = TaskManager(db_path, max_input_size=64)
     m.register("job", lambda ctx: 0, http=True)
     c = testing.TestClient(create_app(m))
-    _error(c.simulate_post(f"{BASE}/jobs/job", body=b'"' + b"x" * 100 + b'"'), 413, "LimitExceeded",
-           "Task input size 102 exceeded limit 64 bytes")
-    assert c.simulate_post(f"{BASE}/jobs/job", body=b'"short"').status_code == 201
+    json_type = {"Content-Type": "application/json"}
+    _error(c.simulate_post(f"{BASE}/jobs/job", body=b'"' + b"x" * 100 + b'"', headers=json_type), 413,
+           "LimitExceeded", "Task input size 102 exceeded limit 64 bytes")
+    assert c.simulate_post(f"{BASE}/jobs/job", body=b'"short"', headers=json_type).status_code == 201
     m.shutdown()
 
 
@@ -393,3 +394,186 @@ def test_a_store_that_cannot_be_written_is_503_and_a_stopped_manager_too(client,
     mgr.shutdown()
     resp = client.simulate_get(f"{BASE}/tasks")
     assert resp.status_code == 503 and resp.json["exception"] == "ManagerStateError"
+
+
+# ------------------------------------------------- the edge (issue 16): strict parsing
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("bad", ["9" * 5000, "1" * 20])
+def test_an_id_of_thousands_of_digits_is_400_not_python_s_digit_limit(client, bad: str) -> None:
+    shown = repr(bad[:100]) + f"... ({len(bad)} characters)" if len(bad) > 100 else repr(bad)
+    for resp in (client.simulate_get(f"{BASE}/tasks/{bad}"), client.simulate_delete(f"{BASE}/tasks/{bad}"),
+                 client.simulate_put(f"{BASE}/tasks/{bad}?action=cancel"),
+                 client.simulate_get(f"{BASE}/tasks", params={"ids": bad})):
+        _error(resp, 400, "InvalidArgument", f"task id must be a positive integer, got {shown}")
+
+
+@pytest.mark.parametrize("after", [2**63, 2**64 + 5, int("9" * 30)])
+def test_a_page_token_naming_an_id_past_the_bound_is_400(client, after: int) -> None:
+    token = base64.urlsafe_b64encode(f"taskmgr:{after}".encode()).decode().rstrip("=")
+    resp = client.simulate_get(f"{BASE}/tasks", params={"page": token})
+    assert resp.status_code == 400 and resp.json["exception"] == "InvalidArgument", resp.text
+    assert resp.json["message"].startswith("invalid page token")
+
+
+def test_paging_with_limit_0_is_refused_rather_than_answering_its_own_token(client, mgr: TaskManager) -> None:
+    mgr.submit_many("echo", range(3))
+    resp = client.simulate_get(f"{BASE}/tasks?page=&limit=0")
+    assert resp.status_code == 400 and resp.json["exception"] == "InvalidArgument", resp.text
+    assert "limit=0 with page" in resp.json["message"]
+    assert client.simulate_get(f"{BASE}/tasks?limit=0").json == {"tasks": []}
+
+
+@pytest.mark.parametrize("text", [" 1", "1 ", "+5", "1_0", "\u0661", "\uff11", "0x10", "1e2", "-0", "--1", "-01"])
+def test_limit_takes_ascii_digits_only(client, text: str) -> None:
+    _error(client.simulate_get(f"{BASE}/tasks", params={"limit": text}), 400, "InvalidArgument",
+           f"limit must be -1 (no limit) or a non-negative integer, got {text!r}")
+
+
+@pytest.mark.parametrize("text", [" success ", "success ", "UN\u212aNOWN", "succ\u0435ss"])
+def test_status_takes_the_exact_names_in_any_ascii_case(client, text: str) -> None:
+    _error(client.simulate_get(f"{BASE}/tasks", params={"status": text}), 400, "InvalidStatus",
+           STATUS_TEXT.replace("'xyz'", repr(text)))
+
+
+@pytest.mark.parametrize("inner", ["taskmgr: 5", "taskmgr:+5", "taskmgr:5 ", "taskmgr:05", "taskmgr:1_0",
+                                   "taskmgr:\u0665", "taskmgr:-1"])
+def test_page_tokens_are_exactly_those_the_server_writes(client, mgr: TaskManager, inner: str) -> None:
+    mgr.submit_many("echo", range(8))
+    token = base64.urlsafe_b64encode(inner.encode()).decode().rstrip("=")
+    resp = client.simulate_get(f"{BASE}/tasks", params={"page": token, "limit": "2"})
+    assert resp.status_code == 400 and resp.json["message"].startswith("invalid page token"), (inner, resp.text)
+
+
+def test_force_takes_ascii_true_or_false_only(client, mgr: TaskManager) -> None:
+    tid = mgr.submit("echo", 1)
+    mgr.wait(tid, WAIT)
+    resp = client.simulate_delete(f"{BASE}/tasks/{tid}", params={"force": "\uff54rue"})
+    assert resp.status_code == 400 and resp.json["exception"] == "InvalidArgument"
+
+
+def test_a_body_with_a_5000_digit_number_is_400_without_python_s_advice(client, mgr: TaskManager) -> None:
+    resp = client.simulate_post(f"{BASE}/jobs/job", body=b'{"n": ' + b"7" * 5000 + b"}", headers=JSON)
+    assert resp.status_code == 400 and resp.json["exception"] == "InvalidArgument", resp.text
+    assert "set_int_max_str_digits" not in resp.text and "digits" in resp.json["message"]
+    resp = client.simulate_post(f"{BASE}/jobs/job", body=b'{"n": NaN}', headers=JSON)
+    assert resp.status_code == 400 and "NaN" in resp.json["message"]
+    assert mgr.list() == []
+
+
+# ----------------------------------------------------- the edge: HEAD and bodies
+@pytest.mark.parametrize("path", [f"{BASE}/tasks", f"{LEGACY}/tasks?limit=-1", "/versions", "/openapi.json"])
+def test_head_works_wherever_get_does(client, mgr: TaskManager, path: str) -> None:
+    mgr.submit_many("echo", range(3))
+    get, head = client.simulate_get(path), client.simulate_head(path)
+    assert get.status_code == head.status_code == 200, head.text
+    assert head.content == b"" and head.headers["content-type"].startswith("application/json")
+
+
+def test_head_of_one_task_and_of_a_missing_one(client, mgr: TaskManager) -> None:
+    tid = mgr.submit("echo", 1)
+    assert client.simulate_head(f"{BASE}/tasks/{tid}").status_code == 200
+    assert client.simulate_head(f"{BASE}/tasks/{tid + 100}").status_code == 404
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonp"])
+def test_a_body_must_be_sent_as_json_or_it_is_415(client, mgr: TaskManager, content_type) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    resp = client.simulate_post(f"{BASE}/jobs/job", body=b'{"a": 1}', headers=headers)
+    assert resp.status_code == 415 and resp.json["exception"] == "UnsupportedMediaType", resp.text
+    assert mgr.list() == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "APPLICATION/JSON", "application/merge-patch+json"])
+def test_json_content_types_are_accepted(client, mgr: TaskManager, content_type: str) -> None:
+    resp = client.simulate_post(f"{BASE}/jobs/job", body=b'{"a": 1}', headers={"Content-Type": content_type})
+    assert resp.status_code == 201, resp.text
+
+
+# ------------------------------------------------------ the edge: cross-site
+def test_a_cross_site_write_is_refused(client, mgr: TaskManager) -> None:
+    for headers in ({"Origin": "http://evil.example", "Host": "127.0.0.1:8080"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}, {"Sec-Fetch-Site": "same-site"}):
+        resp = client.simulate_post(f"{BASE}/jobs/job", body=b"{}", headers={**JSON, **headers})
+        assert resp.status_code == 403 and resp.json["exception"] == "Forbidden", (headers, resp.text)
+    assert mgr.list() == []
+    same = {"Origin": "http://127.0.0.1:8080", "Host": "127.0.0.1:8080", "Sec-Fetch-Site": "same-origin"}
+    assert client.simulate_post(f"{BASE}/jobs/job", body=b"{}", headers={**JSON, **same}).status_code == 201
+    # a cross-site read cannot see the answer (no CORS), and is not refused
+    assert client.simulate_get(f"{BASE}/tasks", headers={"Origin": "http://evil.example"}).status_code == 200
+
+
+def test_only_the_allowed_host_names_are_answered(mgr: TaskManager) -> None:
+    c = testing.TestClient(create_app(mgr, allowed_hosts={"localhost", "127.0.0.1", "::1"}))
+    for host in ("localhost", "LOCALHOST:8080", "127.0.0.1:9", "[::1]:8080"):
+        assert c.simulate_get(f"{BASE}/tasks", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example", "[::2]:80"):
+        resp = c.simulate_get(f"{BASE}/tasks", headers={"Host": host})
+        assert resp.status_code == 403 and resp.json["exception"] == "Forbidden", host
+
+
+# ------------------------------------------------------ the edge: control characters
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\n", "\x7f", "\x9b", "\x85"])
+def test_control_characters_in_names_graphs_and_graphspaces_are_400(client, mgr: TaskManager, char: str) -> None:
+    from urllib.parse import quote
+
+    bad = quote(f"x{char}y")
+    for path, field in ((f"/graphspaces/DEFAULT/graphs/{bad}/tasks", "graph"),
+                        (f"/graphspaces/{bad}/graphs/g/tasks", "graphspace"),
+                        (f"/graphs/{bad}/tasks/1", "graph")):
+        resp = client.simulate_get(path)
+        assert resp.status_code == 400 and resp.json["message"].startswith(f"{field} must not hold control"), path
+    resp = client.simulate_post(f"{BASE}/jobs/job?name={bad}", body=b"{}", headers=JSON)
+    assert resp.status_code == 400 and resp.json["message"].startswith("name must not hold control"), resp.text
+    resp = client.simulate_post(f"/graphs/{bad}/jobs/job", body=b"{}", headers=JSON)
+    assert resp.status_code == 400 and resp.json["message"].startswith("graph must not hold control")
+    assert mgr.list() == []
+
+
+def test_the_request_log_is_bounded_and_escapes_control_characters(client, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="taskmgr.rest"):
+        client.simulate_get(f"{BASE}/tasks", query_string="status=" + "a" * 250_000)
+        client.simulate_get("/graphs/x%0A2026-01-01 INFO forged line/tasks")
+    lines = [r.getMessage() for r in caplog.records if r.name == "taskmgr.rest"]
+    assert len(lines) == 2 and all(len(line) < 500 for line in lines), [len(x) for x in lines]
+    assert "\n" not in lines[1] and "x\\x0a2026" in lines[1]
+
+
+# ------------------------------------------------------ the edge: lists in bounded memory
+def test_lists_read_the_store_a_few_tasks_at_a_time_whatever_the_limit(client, mgr: TaskManager) -> None:
+    from taskmgr.rest import TasksResource
+
+    ids = mgr.submit_many("echo", range(30))
+    mgr.wait(ids[-1], WAIT)
+    asked: list[int] = []
+    real = mgr.list
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["limit"] if kwargs.get("ids") is None else len(kwargs["ids"]))
+        return real(*args, **kwargs)
+
+    mgr.list = spy
+    try:
+        for query in ("limit=-1", "limit=100", "limit=25&page=", "status=success&limit=-1",
+                      "&".join(f"ids={i}" for i in ids)):
+            asked.clear()
+            body = client.simulate_get(f"{BASE}/tasks?{query}").json
+            assert len(body["tasks"]) in (25, 30), query
+            assert asked and max(asked) <= min(TasksResource.CHUNK, 16) and -1 not in asked, (query, asked)
+    finally:
+        del mgr.list
+
+
+def test_a_task_object_is_the_same_json_as_to_dict(client, mgr: TaskManager) -> None:
+    from taskmgr.rest import _task_bytes, _task_pieces
+
+    odd = ["", "\x00\x1b\x7f\x9b", "\u2028\ud7ff\U0001f600", '"\\/', "x" * 300_000, "\u00e9" * 70_000]
+    for i, text in enumerate(odd):
+        tid = mgr.submit("echo", text, name=f"n{text[:10]}" if "\x00" not in text else f"n{i}")
+        task = mgr.wait(tid, WAIT)
+        assert json.loads(_task_bytes(task)) == task.to_dict()
+        assert json.loads(b"".join(_task_pieces(task))) == task.to_dict()
+        assert client.simulate_get(f"{BASE}/tasks/{tid}").json == task.to_dict()

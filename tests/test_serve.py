@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +32,15 @@ class Server:
     proc: subprocess.Popen
     url: str
     banner: str
+    err: list[str]  # what the server wrote to stderr, read as it comes (a full pipe would block its log)
+    drain: threading.Thread
 
-    def stop(self) -> tuple[int, str, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=WAIT)
-        return self.proc.returncode, out, err
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+        self.proc.send_signal(sig)
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=WAIT)
+        self.drain.join(WAIT)
+        return self.proc.returncode, out, "".join(self.err)
 
 
 def _serve(db: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> Server:
@@ -52,7 +57,10 @@ def _serve(db: str, *args: str, env: dict[str, str] | None = None, cwd: str | No
         proc.kill()
         raise AssertionError(f"serve did not start: {banner!r} {proc.stderr.read()!r}")
     url = banner.split("serving on ", 1)[1].split()[0].rstrip("/")
-    return Server(proc, url, banner)
+    err: list[str] = []
+    drain = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")), daemon=True)
+    drain.start()
+    return Server(proc, url, banner, err, drain)
 
 
 def _http(method: str, url: str, body: object = None, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
@@ -189,3 +197,72 @@ def test_serve_refuses_bad_settings_with_a_clear_error(db_path: str, args, env, 
     )
     assert proc.returncode == 1
     assert message in proc.stderr
+
+
+# ------------------------------------------------------------- the edge: stopping
+STUBBORN = '''
+import time
+
+def setup(manager):
+    @manager.task("stubborn", http=True)
+    def stubborn(ctx):
+        for _ in range(600):  # ignores its interrupt: never looks at ctx
+            time.sleep(0.05)
+        return "done"
+'''
+
+
+def _stubborn_server(db_path: str, tmp_path, *args: str) -> tuple[Server, int]:
+    (tmp_path / "stubbornjobs.py").write_text(STUBBORN)
+    s = _serve(db_path, "--tasks", "stubbornjobs", *args, cwd=str(tmp_path))
+    code, body = _http("POST", f"{s.url}/graphs/g/jobs/stubborn", {})
+    assert code == 201
+    tid = body["task_id"]
+    _until(lambda: _http("GET", f"{s.url}/graphs/g/tasks/{tid}")[1]["task_status"] == "running", "it to run")
+    return s, tid
+
+
+@pytest.mark.parametrize("how", ["a second signal", "the grace"])
+def test_a_task_that_ignores_its_interrupt_does_not_hold_the_server_past_its_grace(db_path: str, tmp_path,
+                                                                                  how: str) -> None:
+    s, tid = _stubborn_server(db_path, tmp_path, "--grace", "1.5")
+    try:
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert s.proc.poll() is None, "the grace was not waited"
+        started = time.monotonic()
+        rc, out, err = s.stop(signal.SIGINT) if how == "a second signal" else s.stop(0)
+        assert time.monotonic() - started < (3 if how == "a second signal" else 4)  # the task would run 30 s
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(WAIT)
+    assert rc == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("taskmgr:")]
+    assert len(lines) == 1 and lines[0].startswith("taskmgr: error: ") and "run again on the next start" in lines[0]
+    assert "asked to stop" in out
+    reader = TaskManager(db_path)
+    assert reader.get(tid).status is S.RUNNING  # nothing lost: the next start runs it again
+    reader.shutdown()
+    again = _serve(db_path, "--tasks", "stubbornjobs", cwd=str(tmp_path))
+    try:
+        _until(lambda: _http("GET", f"{again.url}/graphs/g/tasks/{tid}")[1]["task_retries"] == 1, "a restore")
+    finally:
+        again.proc.kill()
+        again.proc.wait(WAIT)
+
+
+def test_serve_on_ipv6_loopback_prints_a_bracketed_url(db_path: str) -> None:
+    import socket as _socket
+
+    try:
+        with _socket.socket(_socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    s = _serve(db_path, "--host", "::1")
+    try:
+        assert s.url.startswith("http://[::1]:")
+        assert _http("GET", f"{s.url}/versions")[0] == 200
+    finally:
+        s.stop()
