@@ -195,6 +195,9 @@ class Node:
                      self._runner.poll_cancels, self.wake_due, self.claim, self.heartbeat):
             try:
                 step()
+            except StoreError as exc:  # locked or full: expected, and the next poll tries again
+                log.warning("housekeeping step %s of node %s could not write (%s); the next poll tries again",
+                            step.__name__, self.name, exc)
             except Exception:
                 log.exception("housekeeping step %s failed", step.__name__)
 
@@ -204,5 +207,7 @@ class Node:
         for step in (self._runner.flush_progress, self._runner.poll_cancels, lambda: self.heartbeat(False)):
             try:
                 step()
+            except StoreError as exc:  # locked or full: the next round tries again
+                log.warning("housekeeping of node %s while it shuts down could not write (%s)", self.name, exc)
             except Exception:
                 log.exception("housekeeping of node %s while it shuts down failed", self.name)

@@ -71,9 +71,6 @@ def test_limit_defaults_to_100_and_minus_one_means_all(client, mgr: TaskManager)
     assert len(client.simulate_get(f"{BASE}/tasks?limit=7").json["tasks"]) == 7
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: rest.py lists every limit up to CHUNK as a page (page=''), and TaskManager.list now "
-    "refuses limit=0 with a page: GET .../tasks?limit=0, which asks for no page, is a 400"))
 def test_limit_zero_is_an_empty_list(client, mgr: TaskManager) -> None:
     ids = mgr.submit_many("echo", range(3))
     mgr.wait(ids[-1], WAIT)
