@@ -76,7 +76,7 @@ def format_table(tasks: Sequence[Task]) -> str:
     right = {0, 3, 4}
     lines = []
     for row in (header, *rows):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -463,7 +463,8 @@ _port = _int_between(0, 65535, "port must be 0 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskmgr", description="Look at, control and serve the tasks of a taskmgr database.")
+    parser = argparse.ArgumentParser(prog="taskmgr",
+                                     description="Look at, control and serve the tasks of a taskmgr database.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

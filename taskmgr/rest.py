@@ -772,7 +772,8 @@ def create_app(
     def unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
         if isinstance(exc, falcon.HTTPError):
             raise exc
-        log.exception("unexpected error answering %s %s", printable(req.method, 20),
+        # falcon calls error handlers inside its own except block: exc_info is this error's
+        log.exception("unexpected error answering %s %s", printable(req.method, 20),  # noqa: LOG004
                       printable(req.path, _LOG_TARGET))
         raise ApiError(falcon.HTTP_500, "InternalError", "internal error: see the server log")
 

@@ -277,7 +277,7 @@ def _retire(server: BaseWSGIServer, channel: HTTPChannel) -> None:
         for outbuf in channel.outbufs:
             try:
                 outbuf.close()
-            except Exception:  # noqa: BLE001 - waitress's handle_close logs and goes on, as here
+            except Exception:
                 log.exception("could not close an output buffer")
         channel.total_outbufs_len = 0
         channel.connected = False

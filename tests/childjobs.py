@@ -47,13 +47,12 @@ def setup(mgr: TaskManager) -> None:
 def actor(db: str, seconds: float, seed: int, threads: int = 3) -> None:
     """Submit, cancel, delete, suspend and resume tasks at random (also other processes' tasks)
     for ``seconds``; print what was acknowledged and what went wrong, as JSON."""
+    import faulthandler
     import json
     import random
     import threading
 
     from taskmgr import InvalidTransition, TaskNotFound
-
-    import faulthandler
 
     faulthandler.dump_traceback_later(seconds + 30, exit=True)  # a hang prints every thread's stack
     mgr = TaskManager(db, workers=2, poll_interval=0.05)
@@ -95,7 +94,7 @@ def actor(db: str, seconds: float, seed: int, threads: int = 3) -> None:
                     mgr.list(limit=20)
             except (TaskNotFound, InvalidTransition):
                 pass
-            except Exception as exc:  # anything else is a failure of the library
+            except Exception as exc:  # noqa: BLE001 - anything else is a failure of the library
                 unexpected.append(repr(exc))
             ops[k] += 1
 

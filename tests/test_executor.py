@@ -61,7 +61,7 @@ class Tally:
         self.all_done = threading.Event()
         self.expected = 0
 
-    def job(self, key: int, hold: float = 0.0):  # noqa: ANN201
+    def job(self, key: int, hold: float = 0.0):
         def run() -> None:
             with self.lock:
                 self.now += 1
@@ -77,7 +77,7 @@ class Tally:
         return run
 
 
-def _until(cond, what: str) -> None:  # noqa: ANN001
+def _until(cond, what: str) -> None:
     deadline = time.monotonic() + WAIT
     while not cond():
         if time.monotonic() > deadline:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import taskmgr._codec as codec
 from conftest import WAIT, Gates
 from taskmgr import (
     CannotCancel,
@@ -29,7 +30,6 @@ from taskmgr import (
     UnknownTaskType,
     WaitTimeout,
 )
-import taskmgr._codec as codec
 from taskmgr.testing import check_history
 
 S = TaskStatus
@@ -388,7 +388,6 @@ def test_a_cancel_that_loses_the_race_with_its_tasks_end_leaves_nothing_behind(t
     import time
 
     from conftest import register_test_types
-
     from taskmgr.testing import rooms
 
     with TaskManager(str(tmp_path / "race.db"), workers=1, poll_interval=0.05) as m:

@@ -83,7 +83,7 @@ def test_a_submit_that_meets_a_shutdown_in_its_transaction_writes_its_tasks_unow
     rows = [_row(owner=ME, ran=1), _row(owner=ME)]
     ids, owned = store.write(moves.insert, rows, 1, False, True, lambda: True)
     assert owned is False
-    assert [(r["status"], r["owner"], r["ran"]) for r in map(lambda t: _read(store, t), ids)] == [
+    assert [(r["status"], r["owner"], r["ran"]) for r in (_read(store, t) for t in ids)] == [
         ("new", None, 0), ("new", None, 0)]
 
 

@@ -227,7 +227,7 @@ def check_the_pid_shortcut(store: Store) -> None:
     gone = _dead_pid()
     for name, identity in (("same", process_identity()), ("container", "other-boot:4026532000"), ("unknown", "")):
         store.register_node(name, 0, lease=3600.0, identity=identity)
-    _sql(store, "UPDATE taskmgr_node SET pid = %d" % gone)
+    _sql(store, f"UPDATE taskmgr_node SET pid = {gone}")
     alive, dead = store.reap_nodes(100)
     if process_identity():
         assert (alive, dead) == ({"container", "unknown"}, ["same"])
@@ -235,7 +235,7 @@ def check_the_pid_shortcut(store: Store) -> None:
         assert (alive, dead) == ({"same", "container", "unknown"}, [])
     # another host: never by pid
     store.register_node("elsewhere", 0, lease=3600.0)
-    _sql(store, "UPDATE taskmgr_node SET pid = %d, host = 'another-host' WHERE node = 'elsewhere'" % gone)
+    _sql(store, f"UPDATE taskmgr_node SET pid = {gone}, host = 'another-host' WHERE node = 'elsewhere'")
     assert "elsewhere" in store.reap_nodes(100)[0]
 
 

@@ -144,7 +144,7 @@ def test_two_nodes_on_one_postgresql_run_each_task_exactly_once(pg) -> None:
         ids = client.submit_many("count", range(200))  # unowned: the two nodes race to claim them
         for tid in ids:
             assert client.wait(tid, 30).status is S.SUCCESS
-        assert runs == Counter({tid: 1 for tid in ids})
+        assert runs == Counter(dict.fromkeys(ids, 1))
         check_history(client.history())
     finally:
         for node in nodes:
@@ -362,8 +362,8 @@ def test_two_nodes_restoring_one_dead_node_never_take_over_each_others_new_run(p
     (found by review)."""
     seed = Store(pg)
     seed.register_node("ghost:1:x", 0)
-    tid = seed.write(lambda tx: tx.insert(dict(graphspace="DEFAULT", graph="g", type="job", name="job",
-                                               callable="m.job", owner="ghost:1:x", ran=1),
+    tid = seed.write(lambda tx: tx.insert({"graphspace": "DEFAULT", "graph": "g", "type": "job", "name": "job",
+                                               "callable": "m.job", "owner": "ghost:1:x", "ran": 1},
                                           (S.NEW, S.QUEUED, S.RUNNING)))
     pg.execute_sql("UPDATE taskmgr_node SET heartbeat = %s", (10**15,))  # alive while the nodes start
     runs: list[int] = []

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("falcon")
 pytest.importorskip("waitress")
 
-from conftest import WAIT  # noqa: E402
-from taskmgr import TaskManager, TaskStatus  # noqa: E402
+from conftest import WAIT
+from taskmgr import TaskManager, TaskStatus
 
 S = TaskStatus
 pytestmark = pytest.mark.slow

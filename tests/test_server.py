@@ -20,9 +20,9 @@ import pytest
 pytest.importorskip("falcon")
 pytest.importorskip("waitress")
 
-from conftest import WAIT  # noqa: E402
-from taskmgr import TaskManager  # noqa: E402
-from test_serve import _serve  # noqa: E402
+from conftest import WAIT
+from taskmgr import TaskManager
+from test_serve import _serve
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,14 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from taskmgr import InvalidArgument, TaskContext, TaskManager, TaskNotFound, TaskStatus as S, WaitTimeout
-from taskmgr.store import Store
-from taskmgr.testing import rooms
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import WAIT, Gates
+from taskmgr import InvalidArgument, TaskContext, TaskManager, TaskNotFound, WaitTimeout
+from taskmgr import TaskStatus as S
+from taskmgr.store import Store
+from taskmgr.testing import rooms
 
 
 @pytest.fixture

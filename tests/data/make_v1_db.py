@@ -64,7 +64,7 @@ def task(store: Store, path: tuple[S, ...] = (S.NEW,), *, type: str = "fixture.e
 def move(store: Store, tid: int, *steps: S, **fields: object) -> None:
     for frm, to in itertools.pairwise(steps):
         last = to == steps[-1]
-        assert store.write(lambda tx, frm=frm, to=to: tx.move(tid, frm, to, **(fields if last else {}))), (tid, frm, to)
+        assert store.write(lambda tx, frm=frm, to=to: tx.move(tid, frm, to, **(fields if last else {}))), (tid, frm, to)  # noqa: B023 - called at once
 
 
 def build(store: Store) -> None:
