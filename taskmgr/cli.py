@@ -180,6 +180,7 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
     examples.setup(mgr)
     live = out.isatty() and not args.json
     mgr.start()
+    interrupted = False
     try:
         ids = [
             mgr.submit("count", {"to": 20, "pause": 0.1}, name="count to 20"),
@@ -218,10 +219,11 @@ def _cmd_demo(args: argparse.Namespace, out: IO[str]) -> None:
             time.sleep(0.1)
         final = mgr.list(ids=ids)
     except KeyboardInterrupt:
-        # Ctrl-C: the callables are asked to stop (ctx.sleep raises TaskInterrupted), not waited for
-        mgr.shutdown(wait=True, interrupt=True)
+        interrupted = True
         raise
-    mgr.shutdown()
+    finally:
+        # on Ctrl-C the callables are asked to stop (ctx.sleep raises TaskInterrupted), not waited for
+        mgr.shutdown(wait=True, interrupt=interrupted)
     if args.json:
         _dump_json({"tasks": [t.to_dict() for t in final]}, out)
         return

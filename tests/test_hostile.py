@@ -213,10 +213,12 @@ def _hostile_kinds(tid: int) -> dict[str, tuple[set[int], object]]:
     return {
         "legit: GET a task": ({200}, f"GET /graphs/hugegraph/tasks/{tid} HTTP/1.1\r\n{H}\r\n"),
         "legit: HEAD a list": ({200}, f"HEAD /graphs/hugegraph/tasks HTTP/1.1\r\n{H}\r\n"),
+        # (jobs that count to 0: no progress to write while the write lock is held elsewhere, where the
+        # manager's housekeeping logs its refused write with a traceback)
         "legit: POST a job": ({201, 503}, f"POST /graphs/g/jobs/count HTTP/1.1\r\n{H}{JSON_BODY}"
-                                          "Content-Length: 21\r\n\r\n{\"to\": 1, \"pause\": 0}"),
+                                          "Content-Length: 9\r\n\r\n{\"to\": 0}"),
         "legit: POST chunked": ({201, 503}, f"POST /graphs/g/jobs/count HTTP/1.1\r\n{H}{JSON_BODY}"
-                                            "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+                                            "Transfer-Encoding: chunked\r\n\r\n9\r\n{\"to\": 0}\r\n0\r\n\r\n"),
         "no credentials: GET": ({401}, "GET /graphs/hugegraph/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
         "no credentials: a body, never sent": ({401}, f"POST /graphs/g/jobs/count HTTP/1.1\r\nHost: 127.0.0.1"
                                                       f"\r\n{JSON_BODY}Content-Length: 1000000\r\n\r\n"),
@@ -268,9 +270,9 @@ def test_a_crowd_of_hostile_clients_gets_4xx_and_the_others_are_still_served(db_
     from test_serve import _serve
 
     seed = TaskManager(db_path)
-    seed.register("count", lambda ctx: 0)
-    tid = seed.submit("count", name="a task")
-    seed.submit_many("count", ["y" * 2_000_000] * 4, graph="big")  # 8 MB lists, for clients that never read
+    seed.register("stored", lambda ctx: 0)  # a type the server does not run: the records stay as they are
+    tid = seed.submit("stored", name="a task")
+    seed.submit_many("stored", ["y" * 2_000_000] * 4, graph="big")  # 8 MB lists, for clients that never read
     seed.shutdown()
     server = _serve(db_path, "--examples", "--header-timeout", "1", "--idle-timeout", "2", "--busy-timeout", "0.2",
                     env={"TASKMGR_AUTH": "admin:pa55word"})
@@ -293,11 +295,11 @@ def test_a_crowd_of_hostile_clients_gets_4xx_and_the_others_are_still_served(db_
         locked = threading.Event()
 
         def hold_the_write_lock() -> None:  # what a backup or a sqlite3 shell does, for a while
-            time.sleep(HOSTILE_SECONDS / 3)
+            time.sleep(HOSTILE_SECONDS / 4)
             holder = sqlite3.connect(db_path, timeout=5)
             holder.execute("BEGIN IMMEDIATE")
             locked.set()
-            time.sleep(min(1.5, HOSTILE_SECONDS / 2))  # a few busy timeouts: writes answer 503 meanwhile
+            time.sleep(2.5)  # longer than a write's tries (0.2 s busy timeouts): writes answer 503 meanwhile
             holder.rollback()
             holder.close()
             locked.clear()
@@ -339,7 +341,8 @@ def test_a_crowd_of_hostile_clients_gets_4xx_and_the_others_are_still_served(db_
     print(f"  slowest legitimate read {legit_slowest * 1e3:.0f} ms; log {len(err) / total:.0f} bytes a request")
     assert not any(500 <= s < 600 and s != 503 for s in by_status)
     assert all(s == 503 and k.startswith("legit: POST") for (k, s) in counts if 500 <= s < 600)
-    assert rc == 0 and "Traceback" not in err, err[-2000:]
+    assert rc == 0, err[-2000:]
+    assert "Traceback" not in err, err[max(0, err.find("Traceback") - 1000):][:4000]
     assert legit_slowest < 5, "a legitimate reader waited behind the hostile clients"
     assert counts[("legit: POST a job", 503)] + counts[("legit: POST chunked", 503)], "the write lock was never met"
     assert len(err) / total < 400, "the log grew by more than a line a request"
