@@ -160,16 +160,18 @@ class TaskManager:
         return choice
 
     def _open_store(self) -> Store:
+        """The store, and the waiters its commits wake (one listener per store)."""
         store = Store(self._database, group_commit=not self._executor.synchronous, clock=self.clock,
                       **self._store_options)
+        self._waiters = Waiters(store, self.poll_interval, self._require_open)
+        store.add_listener(self._waiters.on_commit)
         return store
 
     def _build_rooms(self) -> None:
-        """The rooms of one node's life: a fresh node name, lifecycle, runner, dispatcher and duties."""
+        """The rooms of one node's life over the store: a fresh node name, lifecycle, runner,
+        dispatcher and duties (made anew after a failed start, and in a forked child)."""
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lifecycle = Lifecycle(self._stop_steps)
-        self._waiters = Waiters(self._store, self.poll_interval, self._require_open)
-        self._store.add_listener(self._waiters.on_commit)
         self._runner = Runner(self._store, self.node, self._types, max_result_size=self.max_result_size,
                               clock=self.clock, retry_due=self._wake_at)
         self._dispatcher = Dispatcher(self._store, self._executor, self._runner, self.node,
