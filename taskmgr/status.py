@@ -55,7 +55,7 @@ class TaskStatus(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: str | TaskStatus) -> TaskStatus:
-        """Return the status named by ``value``, ignoring case.
+        """Return the status named by ``value``, in any ASCII case (``SUCCESS``, ``success``).
 
         :raises InvalidStatus: (a :class:`ValueError`) for anything that is not
             one of the twelve names; the message lists them, in the contract's
@@ -63,9 +63,9 @@ class TaskStatus(str, enum.Enum):
         """
         if isinstance(value, cls):
             return value
-        if isinstance(value, str):
-            try:
-                return cls(value.strip().lower())
+        if isinstance(value, str) and value.isascii():  # exact names in any ASCII case: no spaces, no
+            try:                                         # look-alike letters (a Kelvin sign lower-cases to k)
+                return cls(value.lower())
             except ValueError:
                 pass
         names = ", ".join(s.name for s in cls)
