@@ -540,7 +540,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     if out is None:
         out = sys.stdout
         try:  # a terminal or pipe that is not UTF-8 gets escapes, not a UnicodeEncodeError
-            out.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+            out.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):
             pass
     try:

@@ -323,7 +323,7 @@ class TasksResource(_Resource):
         limit = _limit(req)
         page = _one(req, "page")
         raw_ids = req.params.get("ids")
-        scope = {"graph": graph, "graphspace": graphspace}
+        scope: dict[str, Any] = {"graph": graph, "graphspace": graphspace}
         state: dict[str, Any] = {"token": None}
         if raw_ids is not None:
             if page is not None or status is not None:
@@ -346,7 +346,8 @@ class TasksResource(_Resource):
                 state["token"] = ""
 
             def read(want: int) -> tuple[list[Task], bool]:
-                found = self.manager.list(status=status, limit=want, page=state["token"], **scope)
+                found = self.manager.list(status=status, limit=want, page=state["token"], graph=graph,
+                                          graphspace=graphspace)
                 state["token"] = found.next_page
                 return found.tasks, found.next_page is None
 

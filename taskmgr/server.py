@@ -102,8 +102,10 @@ class _JsonError(Error):
 
 
 def _from_api(exc: ApiError) -> _JsonError:
-    code, _, reason = exc.status.partition(" ")
-    return _JsonError(int(code), reason, exc.kind, exc.message, list((exc.headers or {}).items()))
+    code, _, reason = str(exc.status).partition(" ")
+    headers: Any = exc.headers or {}
+    pairs = [(str(k), str(v)) for k, v in (headers.items() if isinstance(headers, dict) else headers)]
+    return _JsonError(int(code), reason, exc.kind, exc.message, pairs)
 
 
 def _from_waitress(e: Error) -> _JsonError:
@@ -219,7 +221,7 @@ class _Channel(HTTPChannel):
         result = super().received(data)
         if self.request is None:
             self.request_started = None
-        elif self.request is not before:
+        elif self.request is not before:  # type: ignore[unreachable]  # waitress's attribute, typed None
             self.request_started = time.monotonic()
         return result
 
@@ -242,9 +244,9 @@ class _Channel(HTTPChannel):
                 self.lingering = True
                 self.linger_until = time.monotonic() + LINGER
                 self.will_close = self.close_when_flushed = False
-                self.readable = lambda: True  # type: ignore[method-assign]
-                self.writable = lambda: False  # type: ignore[method-assign]
-                self.handle_read = self._drain  # type: ignore[method-assign]
+                self.readable = lambda: True
+                self.writable = lambda: False
+                self.handle_read = self._drain
                 return
         super().handle_close()
 
