@@ -1,7 +1,9 @@
 """The ``taskmgr`` command line: look at, control and serve the tasks in a database file.
 
-``list``, ``show``, ``cancel`` and ``delete`` open the database as an *idle*
-manager (they run nothing, and never create a database that is not there).
+``list`` and ``show`` open the database read-only (they never create, migrate
+or change anything, work on a read-only file, and refuse a file that is not a
+taskmgr database); ``cancel`` and ``delete`` open it as an *idle* manager (they
+run nothing, and never create a database that is not there).
 ``serve`` runs the REST API of :mod:`taskmgr.rest` on waitress (the main job);
 ``demo`` runs a few example tasks on an embedded database and shows them live.
 Tables are for people; ``--json`` prints the contract's JSON objects for
