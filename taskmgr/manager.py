@@ -76,7 +76,6 @@ MiB = 1024 * 1024
 #: store objects a forked child stopped using: never closed there (their connections and threads
 #: belong to the parent), kept from the garbage collector, which would close them
 _ABANDONED: _List[Any] = []
-_MAX_ID = MAX_ID  # the name rest.py imports
 
 
 class TaskManager:

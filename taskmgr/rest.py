@@ -78,7 +78,7 @@ from .errors import (
     TaskManagerError,
     TaskNotFound,
 )
-from .manager import _MAX_ID, DEFAULT_GRAPHSPACE, TaskManager, encode_page
+from .manager import DEFAULT_GRAPHSPACE, MAX_ID, TaskManager, encode_page
 from .status import TaskStatus
 from .task import Task
 
@@ -175,7 +175,7 @@ def _digits(text: str) -> int | None:
 
 def _task_id(text: str) -> int:
     value = _digits(text)
-    if value is None or not 0 < value <= _MAX_ID:
+    if value is None or not 0 < value <= MAX_ID:
         raise _bad_request(f"task id must be a positive integer, got {_shown(text)}")
     return value
 
@@ -185,7 +185,7 @@ def _limit(req: falcon.Request) -> int:
     if text is None:
         return 100
     value = -1 if text == "-1" else _digits(text)
-    if value is None or value > _MAX_ID:
+    if value is None or value > MAX_ID:
         raise _bad_request(f"limit must be -1 (no limit) or a non-negative integer, got {_shown(text)}")
     return value
 
@@ -217,7 +217,7 @@ def _page_token(text: str) -> str:
         except (binascii.Error, ValueError):
             raw = b""
         digits = raw[len(_PAGE_PREFIX):] if raw.startswith(_PAGE_PREFIX) else b""
-        if 0 < len(digits) <= 19 and digits.isdigit() and int(digits) <= _MAX_ID \
+        if 0 < len(digits) <= 19 and digits.isdigit() and int(digits) <= MAX_ID \
                 and encode_page(int(digits)) == text:
             return text
     raise InvalidArgument(
