@@ -31,7 +31,7 @@ from typing import Any
 from ._codec import decode_input
 from .errors import CannotCancel, IncompleteTask, InvalidArgument, InvalidTransition, UnknownTaskType
 from .status import NOT_STARTED, PREDECESSORS, TaskStatus
-from .store import NOBODY, Tx, held
+from .store import Tx, held
 
 log = logging.getLogger(__name__)
 
@@ -391,5 +391,3 @@ def mark_unknown(tx: Tx, row: dict[str, Any], st: TaskStatus, why: str, **fields
         tx.update(row["id"], (S.UNKNOWN,), held_by=fence, **{**fields, "owner": None, "result": why})
     return False
 
-
-__all__ = ["Actor", "Outcome", "NOBODY"]

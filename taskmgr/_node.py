@@ -56,7 +56,6 @@ class Node:
         self._runner = runner
         self._actor = moves.Actor(name, types, True, max_restores)
         self._lease = lease
-        self._fallback_ms = int(lease * 1000)  # the lease of a node row that records none (schema 1)
         self._poll_interval = poll_interval
         self._clock = clock
         self._renewed = 0.0  # time.monotonic() of the last renewal
@@ -79,6 +78,11 @@ class Node:
         look takes them over, as it would a crashed node's."""
         self._store.expire_node(self.name)
 
+    def _reap(self) -> tuple[set[str], list[str]]:
+        """The registered nodes, alive and dead (the dead removed); a node row of schema 1, which
+        records no lease, is judged by this node's own."""
+        return self._store.reap_nodes(int(self._lease * 1000))
+
     def heartbeat(self, take_over: bool = True) -> None:
         """Renew the lease (a third of it at a time); with ``take_over`` (every poll), take over
         the tasks of nodes whose own lease ran out, or finish a take-over owed."""
@@ -92,7 +96,7 @@ class Node:
             self._renewed = time.monotonic()
         if not take_over:
             return
-        _alive, dead = self._store.reap_nodes(self._fallback_ms)
+        _alive, dead = self._reap()
         if dead:
             log.warning("node(s) %s stopped without shutting down; taking over their tasks", ", ".join(dead))
         if dead or self._restore_owed:
@@ -103,7 +107,7 @@ class Node:
         """Take over the tasks of nodes no longer registered; returns how many it examined. A
         failure part-way leaves the rest owed to the next heartbeat, and is raised."""
         self._restore_owed = True
-        live, _dead = self._store.reap_nodes(self._fallback_ms)
+        live, _dead = self._reap()
         live.add(self.name)
         touched, after = 0, 0
         try:

@@ -175,11 +175,6 @@ class Runner:
         with self._runs_lock:
             return set(self._runs) | set(self._unsaved)
 
-    @property
-    def running(self) -> int:
-        """How many callables run now."""
-        return len(self._runs)
-
     def is_running(self, task_id: int) -> bool:
         return task_id in self._runs
 
@@ -189,10 +184,6 @@ class Runner:
         with self._runs_lock:
             return set(self._early[0])
 
-    @property
-    def unsaved(self) -> set[int]:
-        """Tasks whose outcome waits in memory for the store to take it."""
-        return set(self._unsaved)
 
     def cancel(self, task_id: int) -> None:
         """Tell a run of this node that its task was cancelled (now, or as its worker registers it)."""
