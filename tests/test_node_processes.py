@@ -295,12 +295,19 @@ def test_a_shutdown_without_wait_leaves_its_running_tasks_to_be_taken_over_by_th
     registered with its lease ended, so a live node takes the tasks over (no restart needed)."""
     import threading
 
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
+
+    def held(ctx) -> None:
+        started.set()
+        gate.wait(WAIT)
+
     first = TaskManager(db_path, poll_interval=0.05, node_timeout=0.4)
-    first.register("held", lambda ctx: gate.wait(WAIT))
+    first.register("held", held)
     first.start()
     tid = first.submit("held")
-    _until(lambda: first.get(tid).status is S.RUNNING, "the task to run")
+    # the callable itself, not the row: a task committed RUNNING may not have started yet, and a
+    # shutdown then hands it back as never run (no retry counted)
+    assert started.wait(WAIT)
     first.shutdown(wait=False)
     gate.set()  # its first run ends; its outcome cannot be written any more
     second = TaskManager(db_path, poll_interval=0.05)
